@@ -1,0 +1,151 @@
+"""The interface every multi-task model implements.
+
+A model maps a batch of one task's inputs to that task's outputs, knows its per-example
+loss, and partitions its parameters into a *shared* group and one group per task
+(influence functions, gradient baselines and the Hessian structure rely on the partition).
+
+Training objective (what the trainer minimises and what influence functions
+differentiate)::
+
+    J(theta) = sum_t  mean_{i in batch_t} loss_t(x_i, y_i; theta)  +  penalty(theta)
+
+i.e. every task weighs equally, whatever its size, and ``penalty`` holds the L2 and
+coupling terms. Models with extra terms (KL divergences, convergence losses) override
+:meth:`MTLModel.objective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from taskrel.data.taskset import PAD_TAG, TaskSet
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's typed configuration; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model needs to know about one task."""
+
+    name: str
+    kind: str
+    n_outputs: int
+
+    @classmethod
+    def from_taskset(cls, taskset: TaskSet) -> list[TaskSpec]:
+        return [cls(t.name, t.kind, t.n_outputs) for t in taskset.tasks]
+
+
+@dataclass
+class Batch:
+    """One task's mini-batch: inputs ``x`` ``(b, ...)``, targets ``y`` ``(b,)``/``(b, L)``
+    and the task position."""
+
+    task: int
+    x: Tensor
+    y: Tensor
+
+
+def per_example_loss(output: Tensor, y: Tensor, kind: str) -> Tensor:
+    """Loss of each example, shape ``(b,)``.
+
+    - classification: cross-entropy of logits ``(b, C)`` (nats);
+    - regression: squared error of predictions ``(b,)`` (target units squared);
+    - sequence_labeling: token cross-entropy of logits ``(b, L, C)`` summed over the
+      non-padding tokens and divided by their count (mean per token; nats).
+    """
+    if kind == "classification":
+        return F.cross_entropy(output, y, reduction="none")
+    if kind == "regression":
+        return (output.reshape(-1) - y.reshape(-1)) ** 2
+    if kind == "sequence_labeling":
+        tok = F.cross_entropy(output.transpose(1, 2), y, reduction="none",
+                              ignore_index=PAD_TAG)
+        mask = (y != PAD_TAG).to(tok.dtype)
+        return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+class MTLModel(nn.Module):
+    """Base class of every multi-task model.
+
+    Subclasses implement :meth:`forward` and :meth:`task_parameter_names`, and may add
+    a :meth:`penalty`. ``Config`` is the model's pydantic configuration class.
+    """
+
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    name: ClassVar[str] = "base"
+
+    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_taskset(cls, taskset: TaskSet, config: ModelConfig | Mapping[str, Any] | None = None,
+                     ) -> MTLModel:
+        """Build the model for ``taskset`` from a config (object or mapping)."""
+        cfg = config if isinstance(config, ModelConfig) else cls.Config(**(config or {}))
+        return cls.build(taskset, cfg)
+
+    @classmethod
+    def build(cls, taskset: TaskSet, config: Any) -> MTLModel:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- the interface ------------------------------------------------------------------
+    def forward(self, x: Tensor, task: int) -> Tensor:  # pragma: no cover - abstract
+        """Outputs of task ``task`` for inputs ``x``: logits ``(b, C)`` for classification,
+        predictions ``(b,)`` for regression, logits ``(b, L, C)`` for sequence labelling."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, y: Tensor, task: int) -> Tensor:
+        """Per-example data loss of task ``task``, shape ``(b,)``."""
+        return per_example_loss(self(x, task), y, self.tasks[task].kind)
+
+    def penalty(self) -> Tensor:
+        """Regularisation term of the objective (a scalar); zero by default."""
+        return torch.zeros((), device=self._device())
+
+    def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
+        """Training objective on one mini-batch per task (see module docstring).
+
+        Returns the scalar to minimise and a dict of named components for logging."""
+        data = torch.stack([self.loss(b.x, b.y, b.task).mean() for b in batches]).sum()
+        pen = self.penalty()
+        return data + pen, {"data_loss": float(data.detach()), "penalty": float(pen.detach())}
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimisation step (annealing schedules)."""
+
+    def predict(self, x: Tensor, task: int) -> Tensor:
+        """Hard predictions: class ids ``(b,)``/``(b, L)`` or regression values ``(b,)``."""
+        out = self(x, task)
+        return out.reshape(-1) if self.tasks[task].kind == "regression" else out.argmax(-1)
+
+    # -- parameter partition ------------------------------------------------------------
+    def task_parameter_names(self, task: int) -> list[str]:  # pragma: no cover - abstract
+        """Names (as in ``named_parameters``) of the parameters owned by task ``task``."""
+        raise NotImplementedError
+
+    def task_parameters(self, task: int) -> dict[str, nn.Parameter]:
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.task_parameter_names(task)}
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters that belong to no single task."""
+        owned = {n for t in range(len(self.tasks)) for n in self.task_parameter_names(t)}
+        return {n: p for n, p in self.named_parameters() if n not in owned}
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,209 @@
+"""Parameter-sharing baselines: hard sharing, soft sharing and single-task learning.
+
+- :class:`HardSharing`: one shared encoder ``phi`` (an MLP, or the identity when
+  ``hidden=[]``) and a linear head per task; optionally a shared linear head added to every
+  task's head, ``f_t(x) = (w + v_t)^T phi(x)``. With ``hidden=[]``, ``shared_head=True``
+  and L2 regularisation the whole model is convex in its parameters (linear or logistic
+  regression with a shared and a task-specific weight vector).
+- :class:`SoftSharing`: one network per task; the penalty
+  ``(coupling/2) * sum_{j<k} ||theta_j - theta_k||^2`` ties corresponding parameters of
+  different tasks together.
+- :class:`SingleTask`: soft sharing with ``coupling = 0``: every task learns alone.
+
+All three add ``(l2/2) * ||theta||^2`` over every parameter to the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from taskrel.data.taskset import TaskSet
+from taskrel.errors import ConfigError
+from taskrel.models.base import ModelConfig, MTLModel, TaskSpec
+
+Activation = Literal["relu", "tanh", "none"]
+
+
+def mlp(in_features: int, hidden: Sequence[int], activation: Activation, dropout: float,
+        ) -> nn.Sequential:
+    """An MLP body ``in_features -> hidden[0] -> ... -> hidden[-1]`` (identity if empty)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if activation == "relu":
+            layers.append(nn.ReLU())
+        elif activation == "tanh":
+            layers.append(nn.Tanh())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    return nn.Sequential(*layers)
+
+
+def _check_flat(taskset: TaskSet, model: str) -> int:
+    shape = taskset.input_shape
+    if len(shape) != 1 or taskset.tasks[0].x.dtype.kind != "f":
+        raise ConfigError(
+            f"model {model!r} needs flat float feature vectors; dataset {taskset.name!r} has "
+            f"inputs of shape {shape} and dtype {taskset.tasks[0].x.dtype}"
+        )
+    if any(t.kind == "sequence_labeling" for t in taskset.tasks):
+        raise ConfigError(f"model {model!r} does not handle sequence labelling tasks")
+    return shape[0]
+
+
+def _squeeze_regression(out: Tensor, kind: str) -> Tensor:
+    return out.squeeze(-1) if kind == "regression" else out
+
+
+def l2_penalty(module: nn.Module, l2: float) -> Tensor:
+    """``(l2/2) * sum of squared parameters`` (a scalar)."""
+    total = sum((p.pow(2).sum() for p in module.parameters()), torch.zeros(()))
+    return 0.5 * l2 * total
+
+
+class HardSharingConfig(ModelConfig):
+    hidden: list[int] = Field(default_factory=lambda: [64], description="encoder widths")
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    shared_head: bool = Field(False, description="add a shared linear head to every task")
+    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on shared parameters")
+    l2_task: float | None = Field(
+        None, ge=0.0, description="L2 coefficient on task heads (default: same as l2)")
+
+
+class HardSharing(MTLModel):
+    """Shared encoder + per-task linear heads (see module docstring)."""
+
+    Config = HardSharingConfig
+    name = "hard"
+
+    def __init__(self, tasks: Sequence[TaskSpec], in_features: int,
+                 config: HardSharingConfig) -> None:
+        super().__init__(tasks)
+        self.config = config
+        self.encoder = mlp(in_features, config.hidden, config.activation, config.dropout)
+        width = config.hidden[-1] if config.hidden else in_features
+        self.heads = nn.ModuleList(nn.Linear(width, t.n_outputs if t.kind != "regression" else 1)
+                                   for t in tasks)
+        self.shared_head: nn.Linear | None = None
+        if config.shared_head:
+            outs = {h.out_features for h in self.heads}
+            if len(outs) != 1:
+                raise ConfigError("hard sharing: shared_head needs every task to have the same "
+                                  f"number of outputs, got {sorted(outs)}")
+            self.shared_head = nn.Linear(width, outs.pop(), bias=False)
+
+    @classmethod
+    def build(cls, taskset: TaskSet, config: HardSharingConfig) -> HardSharing:
+        return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), config)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Shared representation ``phi(x)``, shape ``(b, width)``."""
+        return self.encoder(x)
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        h = self.features(x)
+        out = self.heads[task](h)
+        if self.shared_head is not None:
+            out = out + self.shared_head(h)
+        return _squeeze_regression(out, self.tasks[task].kind)
+
+    def penalty(self) -> Tensor:
+        cfg = self.config
+        l2_task = cfg.l2 if cfg.l2_task is None else cfg.l2_task
+        shared = l2_penalty(self.encoder, cfg.l2)
+        if self.shared_head is not None:
+            shared = shared + l2_penalty(self.shared_head, cfg.l2)
+        return shared + l2_penalty(self.heads, l2_task)
+
+    def task_parameter_names(self, task: int) -> list[str]:
+        return [f"heads.{task}.{n}" for n, _ in self.heads[task].named_parameters()]
+
+
+class SoftSharingConfig(ModelConfig):
+    hidden: list[int] = Field(default_factory=lambda: [64], description="per-task MLP widths")
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    coupling: float = Field(1e-2, ge=0.0, description="lambda of the pairwise coupling penalty")
+    couple_heads: bool = Field(True, description="couple output layers too (same shapes only)")
+    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on all parameters")
+
+
+class SoftSharing(MTLModel):
+    """One network per task with a pairwise coupling penalty (see module docstring)."""
+
+    Config: type[ModelConfig] = SoftSharingConfig
+    name = "soft"
+
+    def __init__(self, tasks: Sequence[TaskSpec], in_features: int,
+                 config: SoftSharingConfig) -> None:
+        super().__init__(tasks)
+        self.config = config
+        width = config.hidden[-1] if config.hidden else in_features
+        self.bodies = nn.ModuleList(
+            mlp(in_features, config.hidden, config.activation, config.dropout) for _ in tasks
+        )
+        self.heads = nn.ModuleList(nn.Linear(width, t.n_outputs if t.kind != "regression" else 1)
+                                   for t in tasks)
+
+    @classmethod
+    def build(cls, taskset: TaskSet, config: SoftSharingConfig) -> SoftSharing:
+        return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), config)
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        out = self.heads[task](self.bodies[task](x))
+        return _squeeze_regression(out, self.tasks[task].kind)
+
+    def coupled_groups(self) -> list[list[Tensor]]:
+        """Lists of corresponding parameters (one tensor per task) tied by the coupling."""
+        groups = [list(ps) for ps in zip(*(b.parameters() for b in self.bodies), strict=True)]
+        if self.config.couple_heads and len({h.weight.shape for h in self.heads}) == 1:
+            groups += [list(ps) for ps in zip(*(h.parameters() for h in self.heads), strict=True)]
+        return groups
+
+    def coupling_penalty(self) -> Tensor:
+        """``(lambda/2) sum_{j<k} ||theta_j - theta_k||^2``, computed in O(T) as
+        ``(lambda/2) (T sum_j ||theta_j||^2 - ||sum_j theta_j||^2)``."""
+        lam = self.config.coupling
+        total = torch.zeros(())
+        if lam == 0.0:
+            return total
+        n = len(self.tasks)
+        for group in self.coupled_groups():
+            stacked = torch.stack(group)
+            total = total + n * stacked.pow(2).sum() - stacked.sum(0).pow(2).sum()
+        return 0.5 * lam * total
+
+    def penalty(self) -> Tensor:
+        return l2_penalty(self, self.config.l2) + self.coupling_penalty()
+
+    def task_parameter_names(self, task: int) -> list[str]:
+        return [f"bodies.{task}.{n}" for n, _ in self.bodies[task].named_parameters()] + [
+            f"heads.{task}.{n}" for n, _ in self.heads[task].named_parameters()
+        ]
+
+
+class SingleTaskConfig(ModelConfig):
+    hidden: list[int] = Field(default_factory=lambda: [64], description="per-task MLP widths")
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on all parameters")
+
+
+class SingleTask(SoftSharing):
+    """Single-task learning: one independent network per task (soft sharing, coupling 0)."""
+
+    Config = SingleTaskConfig
+    name = "stl"
+
+    @classmethod
+    def build(cls, taskset: TaskSet, config: SingleTaskConfig) -> SingleTask:  # type: ignore[override]
+        soft = SoftSharingConfig(**config.model_dump(), coupling=0.0, couple_heads=False)
+        return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), soft)

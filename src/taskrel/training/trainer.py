@@ -1,0 +1,316 @@
+"""The trainer: seeded mini-batch training across tasks with early stopping,
+checkpoints and clean interruption.
+
+One *step* draws one mini-batch from every task (the same rows for every task when the
+task set has ``shared_inputs``) and takes one optimiser step on
+:meth:`MTLModel.objective`. One *epoch* is ``ceil(max_t n_train_t / batch_size)`` steps,
+so the largest task is seen about once per epoch. With ``optimizer='lbfgs'`` every step is
+full-batch (deterministic, used for convex models that must reach the optimum).
+
+Interruption (Ctrl-C or SIGTERM) writes the state of the last finished epoch to the
+checkpoint and raises :class:`TrainingInterrupted`; ``resume=True`` continues from it to
+the same final parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from taskrel.data.taskset import TaskSet
+from taskrel.models import build_model
+from taskrel.models.base import Batch, ModelConfig, MTLModel
+from taskrel.seeding import seed_everything
+from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
+from taskrel.training.metrics import evaluate
+
+
+class TrainConfig(BaseModel):
+    """How to train (every field has a default; unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1, description="maximum number of epochs")
+    optimizer: Literal["adam", "sgd", "lbfgs"] = "adam"
+    lr: float = Field(1e-2, gt=0.0, description="learning rate")
+    batch_size: int = Field(32, ge=1, description="examples per task per step")
+    patience: int | None = Field(
+        20, ge=1, description="stop after this many epochs without a better validation "
+        "loss (needs a validation split); null disables early stopping")
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm")
+    lbfgs_max_iter: int = Field(100, ge=1, description="L-BFGS iterations per epoch")
+    seed: int = 0
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoint writes")
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted; the checkpoint (if any) holds the last finished epoch."""
+
+    def __init__(self, checkpoint: Path | None, epoch: int) -> None:
+        where = f"checkpoint {checkpoint} (epoch {epoch})" if checkpoint else "no checkpoint"
+        super().__init__(f"training interrupted after epoch {epoch}; {where}")
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the model (best epoch restored) and its history."""
+
+    model: MTLModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = False
+
+
+class TaskSampler:
+    """Draws a mini-batch of training rows per task from shuffled passes over the data.
+
+    All randomness comes from one ``torch.Generator`` whose state is checkpointed."""
+
+    def __init__(self, taskset: TaskSet, batch_size: int, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.shared = taskset.shared_inputs
+        self.data = [(torch.as_tensor(t.x[t.train_idx]), torch.as_tensor(t.y[t.train_idx]))
+                     for t in taskset.tasks]
+        self.batch_size = batch_size
+        sizes = [len(y) for _, y in self.data]
+        self.steps_per_epoch = max(1, math.ceil(max(sizes) / batch_size))
+        self._orders: list[Tensor] = [torch.empty(0, dtype=torch.long) for _ in sizes]
+        self._pos = [0 for _ in sizes]
+
+    def _take(self, slot: int, n: int) -> Tensor:
+        if self._pos[slot] + self.batch_size > len(self._orders[slot]):
+            self._orders[slot] = torch.randperm(n, generator=self.generator)
+            self._pos[slot] = 0
+        idx = self._orders[slot][self._pos[slot] : self._pos[slot] + self.batch_size]
+        self._pos[slot] += self.batch_size
+        return idx
+
+    def batches(self) -> list[Batch]:
+        """One batch per task (the same rows for all tasks when inputs are shared)."""
+        if self.shared:
+            idx = self._take(0, len(self.data[0][1]))
+            return [Batch(t, x[idx], y[idx]) for t, (x, y) in enumerate(self.data)]
+        out = []
+        for t, (x, y) in enumerate(self.data):
+            idx = self._take(t, len(y))
+            out.append(Batch(t, x[idx], y[idx]))
+        return out
+
+    def full(self) -> list[Batch]:
+        """All training data as one batch per task."""
+        return [Batch(t, x, y) for t, (x, y) in enumerate(self.data)]
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.generator.get_state(), "orders": self._orders, "pos": self._pos}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["rng"])
+        self._orders = list(state["orders"])
+        self._pos = list(state["pos"])
+
+
+def validation_loss(model: MTLModel, taskset: TaskSet) -> float | None:
+    """Mean over tasks of the mean validation loss; None without validation data."""
+    metrics = evaluate(model, taskset, "val")
+    return sum(m["loss"] for m in metrics.values()) / len(metrics) if metrics else None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _make_optimizer(model: MTLModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter,
+                             tolerance_grad=1e-10, tolerance_change=1e-14,
+                             history_size=50, line_search_fn="strong_wolfe")
+
+
+def train(
+    model: MTLModel,
+    taskset: TaskSet,
+    config: TrainConfig | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on the training splits of ``taskset``.
+
+    Args:
+        model: any :class:`MTLModel` built for ``taskset``.
+        taskset: the data; its ``val`` split (if any) drives early stopping.
+        config: training options (defaults: :class:`TrainConfig`).
+        checkpoint: file to write checkpoints to (every ``checkpoint_every`` epochs, at the
+            end, and on interruption); None writes none.
+        resume: continue from ``checkpoint`` instead of starting over.
+        progress: show a progress bar (default: when stderr is a terminal).
+        on_epoch: called with ``(epoch, record)`` after every epoch.
+
+    Returns:
+        A :class:`TrainResult`; the model holds the parameters of the best validation
+        epoch (the last epoch without validation data).
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C/SIGTERM, after writing the checkpoint.
+    """
+    cfg = config or TrainConfig()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    sampler = TaskSampler(taskset, cfg.batch_size, cfg.seed)
+    optimizer = _make_optimizer(model, cfg)
+    has_val = any(len(t.val_idx) for t in taskset.tasks)
+    steps = 1 if cfg.optimizer == "lbfgs" else sampler.steps_per_epoch
+    total_steps = cfg.epochs * steps
+
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": math.inf,
+                             "bad_epochs": 0, "history": [], "best_model": None}
+    if resume:
+        if ckpt is None:
+            raise ValueError("resume=True needs a checkpoint path")
+        saved = load_checkpoint(ckpt)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = {k: saved[k] for k in state}
+
+    def snapshot() -> dict[str, Any]:
+        return copy.deepcopy({**state, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
+                              "torch_rng": torch.get_rng_state(),
+                              "train_config": cfg.model_dump()})
+
+    last_good = snapshot()
+    show = sys.stderr.isatty() if progress is None else progress
+    stopped_early = False
+    try:
+        with _sigterm_as_interrupt(), _progress(show, cfg.epochs, state["epoch"]) as advance:
+            while state["epoch"] < cfg.epochs:
+                epoch = state["epoch"] + 1
+                model.train()
+                objective_sum = 0.0
+                for s in range(steps):
+                    model.on_step((epoch - 1) * steps + s, total_steps)
+                    batches = sampler.full() if cfg.optimizer == "lbfgs" else sampler.batches()
+                    objective_sum += _step(model, optimizer, batches, cfg)
+                record: dict[str, float] = {"epoch": epoch, "objective": objective_sum / steps}
+                val = validation_loss(model, taskset) if has_val else None
+                if val is not None:
+                    record["val_loss"] = val
+                    if val < state["best_val"] - 1e-12:
+                        state.update(best_val=val, best_epoch=epoch, bad_epochs=0,
+                                     best_model=copy.deepcopy(model.state_dict()))
+                    else:
+                        state["bad_epochs"] += 1
+                state["history"].append(record)
+                state["epoch"] = epoch
+                last_good = snapshot()
+                if ckpt is not None and epoch % cfg.checkpoint_every == 0:
+                    save_checkpoint(last_good, ckpt)
+                if on_epoch is not None:
+                    on_epoch(epoch, record)
+                advance(record)
+                if cfg.patience is not None and has_val and state["bad_epochs"] >= cfg.patience:
+                    stopped_early = True
+                    break
+    except KeyboardInterrupt:
+        if ckpt is not None:
+            save_checkpoint(last_good, ckpt)
+        raise TrainingInterrupted(ckpt, last_good["epoch"]) from None
+
+    if ckpt is not None:
+        save_checkpoint(snapshot(), ckpt)
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    model.eval()
+    best = state["best_epoch"] if state["best_model"] is not None else state["epoch"]
+    return TrainResult(model=model, history=state["history"], best_epoch=best,
+                       epochs_run=state["epoch"], stopped_early=stopped_early)
+
+
+def fit(
+    taskset: TaskSet,
+    model: str = "hard",
+    model_config: ModelConfig | Mapping[str, Any] | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+    **train_options: Any,
+) -> TrainResult:
+    """Seed, build model ``model`` for ``taskset`` and train it.
+
+    ``train_options`` (``checkpoint``, ``resume``, ``progress``, ``on_epoch``) go to
+    :func:`train`. The same ``train_config.seed`` gives the same numbers on CPU."""
+    cfg = (train_config if isinstance(train_config, TrainConfig)
+           else TrainConfig(**(train_config or {})))
+    seed_everything(cfg.seed)
+    built = build_model(model, taskset, model_config)
+    return train(built, taskset, cfg, **train_options)
+
+
+def _step(model: MTLModel, optimizer: torch.optim.Optimizer, batches: list[Batch],
+          cfg: TrainConfig) -> float:
+    if isinstance(optimizer, torch.optim.LBFGS):
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss, _ = model.objective(batches)
+            loss.backward()
+            return loss
+
+        return float(optimizer.step(closure))
+    optimizer.zero_grad()
+    loss, _ = model.objective(batches)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return float(loss)
+
+
+@contextmanager
+def _progress(show: bool, epochs: int, start: int) -> Iterator[Callable[[dict[str, float]], None]]:
+    if not show:
+        yield lambda record: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                  transient=True) as bar:
+        job = bar.add_task("train", total=epochs, completed=start, info="")
+
+        def advance(record: dict[str, float]) -> None:
+            info = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+            bar.update(job, advance=1, info=info)
+
+        yield advance
