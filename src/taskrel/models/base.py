@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -127,6 +128,16 @@ class MTLModel(nn.Module):
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each optimisation step (annealing schedules)."""
+
+    def write_artifacts(self, run_dir: Path, taskset: TaskSet) -> list[Path]:
+        """Write model-specific results (e.g. a learned relatedness heatmap) into a run
+        folder; returns the files written. None by default."""
+        return []
+
+    def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
+        """Metrics that involve several tasks at once (e.g. SLU sentence accuracy);
+        empty by default."""
+        return {}
 
     def predict(self, x: Tensor, task: int) -> Tensor:
         """Hard predictions: class ids ``(b,)``/``(b, L)`` or regression values ``(b,)``."""

@@ -287,14 +287,14 @@ def _step(model: MTLModel, optimizer: torch.optim.Optimizer, batches: list[Batch
             loss.backward()
             return loss
 
-        return float(optimizer.step(closure))
+        return float(optimizer.step(closure).detach())
     optimizer.zero_grad()
     loss, _ = model.objective(batches)
     loss.backward()
     if cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @contextmanager
