@@ -74,6 +74,17 @@ DATASETS: dict[str, DatasetInfo] = {
             "SNIPS spoken language understanding: intent + slot tasks on shared utterances",
             (("name", "snips"),),
         ),
+        DatasetInfo(
+            "landmine",
+            "taskrel.data.landmine:load_landmine",
+            "landmine detection: 29 binary tasks (9 features), two terrain clusters; "
+            "ground-truth similarity in meta",
+        ),
+        DatasetInfo(
+            "parkinsons",
+            "taskrel.data.parkinsons:load_parkinsons",
+            "UCI Parkinsons telemonitoring: 42 per-patient regression tasks (total UPDRS)",
+        ),
     )
 }
 

@@ -37,8 +37,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise RunDirError(f"{path}: corrupt checkpoint ({type(err).__name__}); "
-                          "delete it to start over") from err
+        raise RunDirError(
+            f"{path}: corrupt checkpoint ({type(err).__name__}); delete it to start over"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise RunDirError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}")

@@ -39,31 +39,46 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 def tag_sequences(tags: np.ndarray, gold: np.ndarray, labels: Sequence[str]) -> list[list[str]]:
     """Tag-name sequences of ``tags`` ``(n, L)`` keeping positions where ``gold`` is not
     padding."""
-    return [[labels[int(t)] for t, g in zip(row, grow, strict=True) if g != PAD_TAG]
-            for row, grow in zip(tags, gold, strict=True)]
+    return [
+        [labels[int(t)] for t, g in zip(row, grow, strict=True) if g != PAD_TAG]
+        for row, grow in zip(tags, gold, strict=True)
+    ]
 
 
-def sequence_metrics(y_true: np.ndarray, y_pred: np.ndarray,
-                     labels: Sequence[str]) -> dict[str, float]:
+def sequence_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]
+) -> dict[str, float]:
     from seqeval.metrics import f1_score as span_f1
 
     mask = y_true != PAD_TAG
     return {
-        "slot_f1": float(span_f1(tag_sequences(y_true, y_true, labels),
-                                 tag_sequences(y_pred, y_true, labels))),
+        "slot_f1": float(
+            span_f1(tag_sequences(y_true, y_true, labels), tag_sequences(y_pred, y_true, labels))
+        ),
         "token_accuracy": float(np.mean(y_true[mask] == y_pred[mask])),
     }
 
 
+def as_model_input(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a tensor; floating arrays are cast to ``dtype`` (ids/labels keep theirs)."""
+    t = torch.as_tensor(a)
+    return t.to(dtype) if t.is_floating_point() else t
+
+
 @torch.no_grad()
-def predict_task(model: MTLModel, x: np.ndarray, task: int, batch_size: int = 1024,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def predict_task(
+    model: MTLModel,
+    x: np.ndarray,
+    task: int,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs and hard predictions of ``model`` for one task, batched."""
     was_training = model.training
     model.eval()
+    dtype = next(model.parameters()).dtype
     outs, preds = [], []
     for start in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[start : start + batch_size])
+        xb = as_model_input(x[start : start + batch_size], dtype)
         outs.append(model(xb, task))
         preds.append(model.predict(xb, task))
     model.train(was_training)
@@ -71,8 +86,11 @@ def predict_task(model: MTLModel, x: np.ndarray, task: int, batch_size: int = 10
 
 
 @torch.no_grad()
-def evaluate(model: MTLModel, taskset: TaskSet, split: SplitName = "test",
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: MTLModel,
+    taskset: TaskSet,
+    split: SplitName = "test",
+) -> dict[str, dict[str, float]]:
     """Metrics of every task on ``split`` (tasks with an empty split are skipped)."""
     from taskrel.models.base import per_example_loss
 
@@ -82,7 +100,7 @@ def evaluate(model: MTLModel, taskset: TaskSet, split: SplitName = "test",
         if len(x) == 0:
             continue
         out, pred = predict_task(model, x, t)
-        loss = per_example_loss(torch.as_tensor(out), torch.as_tensor(y), task.kind)
+        loss = per_example_loss(torch.as_tensor(out), as_model_input(y, torch.float64), task.kind)
         if task.kind == "classification":
             m = classification_metrics(y, pred)
         elif task.kind == "regression":
@@ -95,8 +113,11 @@ def evaluate(model: MTLModel, taskset: TaskSet, split: SplitName = "test",
     return results
 
 
-PRIMARY_METRIC = {"classification": "accuracy", "regression": "explained_variance",
-                  "sequence_labeling": "slot_f1"}
+PRIMARY_METRIC = {
+    "classification": "accuracy",
+    "regression": "explained_variance",
+    "sequence_labeling": "slot_f1",
+}
 
 
 def summarize(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -34,7 +34,7 @@ from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
 from taskrel.seeding import seed_everything
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
-from taskrel.training.metrics import evaluate
+from taskrel.training.metrics import as_model_input, evaluate
 
 
 class TrainConfig(BaseModel):
@@ -47,12 +47,18 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-2, gt=0.0, description="learning rate")
     batch_size: int = Field(32, ge=1, description="examples per task per step")
     patience: int | None = Field(
-        20, ge=1, description="stop after this many epochs without a better validation "
-        "loss (needs a validation split); null disables early stopping")
+        20,
+        ge=1,
+        description="stop after this many epochs without a better validation "
+        "loss (needs a validation split); null disables early stopping",
+    )
     grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm")
     lbfgs_max_iter: int = Field(100, ge=1, description="L-BFGS iterations per epoch")
     seed: int = 0
     checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoint writes")
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="parameter and feature precision (float64 for exact optima)"
+    )
 
 
 class TrainingInterrupted(Exception):
@@ -81,11 +87,15 @@ class TaskSampler:
 
     All randomness comes from one ``torch.Generator`` whose state is checkpointed."""
 
-    def __init__(self, taskset: TaskSet, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, taskset: TaskSet, batch_size: int, seed: int, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self.shared = taskset.shared_inputs
-        self.data = [(torch.as_tensor(t.x[t.train_idx]), torch.as_tensor(t.y[t.train_idx]))
-                     for t in taskset.tasks]
+        self.data = [
+            (as_model_input(t.x[t.train_idx], dtype), as_model_input(t.y[t.train_idx], dtype))
+            for t in taskset.tasks
+        ]
         self.batch_size = batch_size
         sizes = [len(y) for _, y in self.data]
         self.steps_per_epoch = max(1, math.ceil(max(sizes) / batch_size))
@@ -153,9 +163,15 @@ def _make_optimizer(model: MTLModel, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
-    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter,
-                             tolerance_grad=1e-10, tolerance_change=1e-14,
-                             history_size=50, line_search_fn="strong_wolfe")
+    return torch.optim.LBFGS(
+        params,
+        lr=cfg.lr,
+        max_iter=cfg.lbfgs_max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=0.0,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
 
 def train(
@@ -166,6 +182,7 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, MTLModel, list[Batch]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on the training splits of ``taskset``.
 
@@ -178,6 +195,10 @@ def train(
         resume: continue from ``checkpoint`` instead of starting over.
         progress: show a progress bar (default: when stderr is a terminal).
         on_epoch: called with ``(epoch, record)`` after every epoch.
+        on_step: called with ``(step, model, batches)`` before every optimiser step
+            (``step`` counts from 0 over the whole run; ``batches`` are the mini-batches
+            that step trains on). Probes that record quantities during training use it;
+            they must not change the model's parameters.
 
     Returns:
         A :class:`TrainResult`; the model holds the parameters of the best validation
@@ -188,14 +209,22 @@ def train(
     """
     cfg = config or TrainConfig()
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    sampler = TaskSampler(taskset, cfg.batch_size, cfg.seed)
+    dtype = getattr(torch, cfg.dtype)
+    model.to(dtype)
+    sampler = TaskSampler(taskset, cfg.batch_size, cfg.seed, dtype)
     optimizer = _make_optimizer(model, cfg)
     has_val = any(len(t.val_idx) for t in taskset.tasks)
     steps = 1 if cfg.optimizer == "lbfgs" else sampler.steps_per_epoch
     total_steps = cfg.epochs * steps
 
-    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": math.inf,
-                             "bad_epochs": 0, "history": [], "best_model": None}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_epoch": 0,
+        "best_val": math.inf,
+        "bad_epochs": 0,
+        "history": [],
+        "best_model": None,
+    }
     if resume:
         if ckpt is None:
             raise ValueError("resume=True needs a checkpoint path")
@@ -207,10 +236,16 @@ def train(
         state = {k: saved[k] for k in state}
 
     def snapshot() -> dict[str, Any]:
-        return copy.deepcopy({**state, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
-                              "torch_rng": torch.get_rng_state(),
-                              "train_config": cfg.model_dump()})
+        return copy.deepcopy(
+            {
+                **state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state(),
+                "torch_rng": torch.get_rng_state(),
+                "train_config": cfg.model_dump(),
+            }
+        )
 
     last_good = snapshot()
     show = sys.stderr.isatty() if progress is None else progress
@@ -224,14 +259,20 @@ def train(
                 for s in range(steps):
                     model.on_step((epoch - 1) * steps + s, total_steps)
                     batches = sampler.full() if cfg.optimizer == "lbfgs" else sampler.batches()
+                    if on_step is not None:
+                        on_step((epoch - 1) * steps + s, model, batches)
                     objective_sum += _step(model, optimizer, batches, cfg)
                 record: dict[str, float] = {"epoch": epoch, "objective": objective_sum / steps}
                 val = validation_loss(model, taskset) if has_val else None
                 if val is not None:
                     record["val_loss"] = val
                     if val < state["best_val"] - 1e-12:
-                        state.update(best_val=val, best_epoch=epoch, bad_epochs=0,
-                                     best_model=copy.deepcopy(model.state_dict()))
+                        state.update(
+                            best_val=val,
+                            best_epoch=epoch,
+                            bad_epochs=0,
+                            best_model=copy.deepcopy(model.state_dict()),
+                        )
                     else:
                         state["bad_epochs"] += 1
                 state["history"].append(record)
@@ -256,8 +297,13 @@ def train(
         model.load_state_dict(state["best_model"])
     model.eval()
     best = state["best_epoch"] if state["best_model"] is not None else state["epoch"]
-    return TrainResult(model=model, history=state["history"], best_epoch=best,
-                       epochs_run=state["epoch"], stopped_early=stopped_early)
+    return TrainResult(
+        model=model,
+        history=state["history"],
+        best_epoch=best,
+        epochs_run=state["epoch"],
+        stopped_early=stopped_early,
+    )
 
 
 def fit(
@@ -269,18 +315,24 @@ def fit(
 ) -> TrainResult:
     """Seed, build model ``model`` for ``taskset`` and train it.
 
-    ``train_options`` (``checkpoint``, ``resume``, ``progress``, ``on_epoch``) go to
+    ``train_options`` (``checkpoint``, ``resume``, ``progress``, ``on_epoch``,
+    ``on_step``) go to
     :func:`train`. The same ``train_config.seed`` gives the same numbers on CPU."""
-    cfg = (train_config if isinstance(train_config, TrainConfig)
-           else TrainConfig(**(train_config or {})))
+    cfg = (
+        train_config
+        if isinstance(train_config, TrainConfig)
+        else TrainConfig(**(train_config or {}))
+    )
     seed_everything(cfg.seed)
     built = build_model(model, taskset, model_config)
     return train(built, taskset, cfg, **train_options)
 
 
-def _step(model: MTLModel, optimizer: torch.optim.Optimizer, batches: list[Batch],
-          cfg: TrainConfig) -> float:
+def _step(
+    model: MTLModel, optimizer: torch.optim.Optimizer, batches: list[Batch], cfg: TrainConfig
+) -> float:
     if isinstance(optimizer, torch.optim.LBFGS):
+
         def closure() -> Tensor:
             optimizer.zero_grad()
             loss, _ = model.objective(batches)
@@ -304,9 +356,14 @@ def _progress(show: bool, epochs: int, start: int) -> Iterator[Callable[[dict[st
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
         job = bar.add_task("train", total=epochs, completed=start, info="")
 
         def advance(record: dict[str, float]) -> None:

@@ -27,8 +27,10 @@ def bundled(*parts: str) -> Traversable:
     for part in parts:
         resource = resource / part
     if not (resource.is_file() or resource.is_dir()):
-        raise DataError(f"bundled data file files/{'/'.join(parts)} is missing from the "
-                        "taskrel installation (reinstall the package)")
+        raise DataError(
+            f"bundled data file files/{'/'.join(parts)} is missing from the "
+            "taskrel installation (reinstall the package)"
+        )
     return resource
 
 

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from taskrel.data import load
+from taskrel.data.taskset import TaskSet
+from taskrel.errors import RunDirError
+from taskrel.models import build_model
+from taskrel.seeding import seed_everything
+from taskrel.training import TrainConfig, TrainingInterrupted, evaluate, fit, summarize, train
+from taskrel.training.checkpoint import load_checkpoint
+
+FAST = TrainConfig(epochs=12, lr=1e-2, batch_size=16, patience=None, checkpoint_every=2)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_gives_identical_results(synthetic_cls: TaskSet) -> None:
+    runs = [fit(synthetic_cls, "hard", {"hidden": [8], "dropout": 0.2}, FAST) for _ in range(2)]
+    for k, v in _params(runs[0].model).items():
+        torch.testing.assert_close(v, _params(runs[1].model)[k], rtol=0, atol=0)
+    assert evaluate(runs[0].model, synthetic_cls) == evaluate(runs[1].model, synthetic_cls)
+    other = fit(synthetic_cls, "hard", {"hidden": [8], "dropout": 0.2},
+                FAST.model_copy(update={"seed": 1}))
+    assert not torch.equal(other.model.encoder[0].weight, runs[0].model.encoder[0].weight)
+
+
+def test_interrupt_and_resume_reach_the_uninterrupted_result(synthetic_cls: TaskSet,
+                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = {"hidden": [8], "dropout": 0.2}
+    reference = fit(synthetic_cls, "hard", config, FAST)
+
+    def stop_at_5(epoch: int, record: dict[str, float]) -> None:
+        if epoch == 5:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(synthetic_cls, "hard", config, FAST, checkpoint=ckpt, on_epoch=stop_at_5)
+    assert info.value.epoch == 5  # the interrupt came after epoch 5 was complete
+    assert load_checkpoint(ckpt)["epoch"] == 5
+    seed_everything(123)  # resuming must not depend on the global RNG state
+    model = build_model("hard", synthetic_cls, config)
+    resumed = train(model, synthetic_cls, FAST, checkpoint=ckpt, resume=True)
+    assert resumed.epochs_run == FAST.epochs
+    for k, v in _params(reference.model).items():
+        torch.testing.assert_close(v, _params(resumed.model)[k], rtol=0, atol=0)
+    assert [h["objective"] for h in resumed.history] == [
+        h["objective"] for h in reference.history]
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunDirError, match="corrupt checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(RunDirError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_early_stopping_restores_the_best_validation_epoch(synthetic_cls: TaskSet) -> None:
+    cfg = TrainConfig(epochs=200, lr=5e-2, batch_size=16, patience=5)
+    result = fit(synthetic_cls, "stl", {"hidden": [64], "l2": 0.0}, cfg)
+    assert result.stopped_early and result.epochs_run < 200
+    vals = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(vals)) + 1
+    assert result.epochs_run - result.best_epoch == 5
+    from taskrel.training.trainer import validation_loss
+
+    assert validation_loss(result.model, synthetic_cls) == pytest.approx(min(vals), rel=1e-6)
+
+
+def test_lbfgs_reaches_the_optimum_of_a_convex_model(synthetic_reg: TaskSet) -> None:
+    cfg = TrainConfig(epochs=5, optimizer="lbfgs", lr=1.0, patience=None, dtype="float64")
+    result = fit(synthetic_reg, "hard", {"hidden": [], "shared_head": True, "l2": 1e-2,
+                                         "l2_task": 1e-1}, cfg)
+    model = result.model
+    from taskrel.models.base import Batch
+
+    batches = [Batch(t, torch.as_tensor(x).double(), torch.as_tensor(y).double())
+               for t, (x, y) in enumerate(task.arrays("train") for task in synthetic_reg)]
+    loss, _ = model.objective(batches)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert max(g.abs().max().item() for g in grads) < 1e-7
+
+
+def test_trainer_learns_a_real_dataset() -> None:
+    taskset = load("rotated-digits", train=0.3, val=0.1, seed=0).standardize()
+    result = fit(taskset, "hard", {"hidden": [64]},
+                 TrainConfig(epochs=30, lr=3e-3, batch_size=32, patience=5))
+    acc = summarize(evaluate(result.model, taskset))["accuracy"]
+    assert acc > 0.85  # chance is 0.10
