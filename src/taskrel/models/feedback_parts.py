@@ -1,0 +1,139 @@
+"""Building blocks of output-level feedback MTL (see ``docs/methods/feedback.md``).
+
+- :class:`GumbelGate`: one categorical choice (e.g. the infusion point of a feedback edge)
+  learned with straight-through Gumbel-Softmax samples;
+- :class:`Amplifier`: the small network lifting a task's output to a hidden layer's width;
+- :func:`feedback_signal`: what a task sends to the others (its output distribution,
+  averaged over tokens for sequence labelling);
+- :func:`output_distribution` and :func:`convergence_loss`: the trend penalty that makes
+  the unrolled iterations settle;
+- :class:`FeedbackBody`: what a base model must offer to be made dynamic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from taskrel.models.base import TaskSpec
+
+
+class FeedbackBody(Protocol):
+    """A base MTL model split into a shared encoding and per-task decoders with named
+    infusion points (hidden layers that can receive an additive feedback feature)."""
+
+    tasks: list[TaskSpec]
+
+    def infusion_widths(self, task: int) -> dict[str, int]:
+        """Width of each infusion point of ``task``, in order (e.g. ``{"encoder": 256}``)."""
+        ...
+
+    def encode(self, x: Tensor) -> Any:
+        """The task-independent part of the forward pass (an opaque state)."""
+        ...
+
+    def decode(self, state: Any, task: int, additions: Mapping[str, Tensor]) -> Tensor:
+        """Outputs of ``task`` with ``additions[point]`` ``(b, width)`` added at each named
+        infusion point (broadcast over tokens for token-level layers). ``additions={}`` is
+        the static base model."""
+        ...
+
+    def output_mask(self, state: Any, task: int) -> Tensor | None:
+        """``(b, L)`` bool mask of real tokens for sequence outputs; None otherwise."""
+        ...
+
+    def task_parameter_names(self, task: int) -> list[str]: ...
+
+    def penalty(self) -> Tensor: ...
+
+
+class GumbelGate(nn.Module):
+    """A learned choice among ``n_options`` via straight-through Gumbel-Softmax.
+
+    Training mode: ``forward()`` draws ``g = one_hot(argmax_o (logits_o + G_o))`` with
+    Gumbel noise ``G``; the backward pass uses the gradient of the relaxed sample
+    ``softmax((logits + G) / tau)`` (``F.gumbel_softmax(hard=True)``). Evaluation mode:
+    the deterministic ``one_hot(argmax logits)``. Logits start at 0 (uniform choice);
+    ``tau`` is set from outside (annealed by the owning model)."""
+
+    def __init__(self, n_options: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_options))
+        self.tau = 1.0
+
+    def forward(self) -> Tensor:
+        """One-hot weights ``(n_options,)``."""
+        if self.training:
+            return F.gumbel_softmax(self.logits, tau=self.tau, hard=True)
+        return F.one_hot(self.logits.argmax(), len(self.logits)).to(self.logits.dtype)
+
+    def probabilities(self) -> Tensor:
+        """``softmax(logits)``, shape ``(n_options,)``: the learned preference."""
+        return torch.softmax(self.logits.detach(), dim=0)
+
+
+class Amplifier(nn.Sequential):
+    """``Linear(in, hidden) -> tanh -> Linear(hidden, out)``: maps a feedback signal
+    ``(b, in)`` to an additive feature ``(b, out)`` of the receiving layer's width."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
+        super().__init__(nn.Linear(in_features, hidden), nn.Tanh(),
+                         nn.Linear(hidden, out_features))
+
+
+def output_distribution(output: Tensor, kind: str) -> Tensor:
+    """A task's output as a vector per example (or token): class probabilities
+    ``(b, C)`` / ``(b, L, C)`` from logits, or the prediction ``(b, 1)`` for regression."""
+    if kind == "regression":
+        return output.reshape(-1, 1)
+    return torch.softmax(output, dim=-1)
+
+
+def masked_token_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real tokens: ``values`` ``(b, L, ...)``, ``mask`` ``(b, L)`` bool ->
+    ``(b, ...)``."""
+    m = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - 2)))
+    return (values * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def feedback_signal(output: Tensor, kind: str, mask: Tensor | None) -> Tensor:
+    """What a task sends to the others, ``(b, C)``: its class distribution; for sequence
+    labelling the tag distribution averaged over the real tokens of each utterance; for
+    regression its prediction ``(b, 1)``."""
+    dist = output_distribution(output, kind)
+    if kind == "sequence_labeling":
+        if mask is None:
+            raise ValueError("sequence outputs need a token mask")
+        return masked_token_mean(dist, mask)
+    return dist
+
+
+def convergence_loss(outputs: Sequence[Tensor], contraction: float,
+                     mask: Tensor | None = None) -> Tensor:
+    """Penalty on iterations whose outputs fail to settle, per example ``(b,)``.
+
+    ``outputs[k]`` is iteration ``k``'s output distribution, ``(b, C)`` or ``(b, L, C)``
+    (then ``mask`` ``(b, L)`` selects real tokens). With the step size
+    ``d_k = || p_k - sg(p_{k-1}) ||^2`` (squared L2 over ``C``, mean over real tokens) and
+    ``rho = contraction``::
+
+        loss = sum_{k=2..K} relu(d_k - rho * sg(d_{k-1}))
+
+    ``sg`` stops gradients: each iteration is pushed towards the previous one and must
+    move less than ``rho`` times the previous step. Zero when ``K <= 1`` (no trend), zero
+    for constant outputs, positive for oscillating ones (``d_k = d_{k-1} > 0``)."""
+    if len(outputs) < 3:
+        return outputs[0].new_zeros(outputs[0].shape[0])
+    steps = []
+    for prev, cur in zip(outputs[:-1], outputs[1:], strict=True):
+        sq = (cur - prev.detach()).pow(2).sum(-1)
+        if sq.dim() == 2:
+            sq = masked_token_mean(sq, mask) if mask is not None else sq.mean(1)
+        steps.append(sq)
+    terms = [F.relu(d - contraction * d_prev.detach())
+             for d_prev, d in zip(steps[:-1], steps[1:], strict=True)]
+    return torch.stack(terms).sum(0)

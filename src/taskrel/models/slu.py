@@ -1,0 +1,272 @@
+"""Joint spoken-language-understanding model: intent classification and slot filling on
+one BiLSTM encoder (the static, ``K = 0`` base of feedback MTL).
+
+For a batch of ``b`` utterances padded with token id 0, trimmed to the longest one
+(``l`` tokens), with ``E`` = ``embedding_dim``, ``h`` = ``hidden`` per direction and
+``D`` = ``decoder_hidden``::
+
+    e   = Dropout(Embedding(x))                          (b, l, E)   point "embedding"
+    H   = Dropout(BiLSTM(e))                              (b, l, 2h)  point "encoder"
+    intent: a = softmax over real tokens of v^T tanh(W_a H_l + c_a)
+            u = sum_l a_l H_l                             (b, 2h)
+            d = Dropout(ReLU(W_d u + c_d))                (b, D)      point "decoder"
+            logits = W_o d + c_o                          (b, C)
+    slots:  d_l = Dropout(ReLU(W_s H_l + c_s))            (b, l, D)   point "decoder"
+            logits_l = W_t d_l + c_t                      (b, L, S)   (padded back to L)
+
+The LSTM runs on packed sequences, so padding never reaches it. Feedback MTL adds a
+vector ``(b, width)`` at an infusion point: to ``e`` or ``H`` at every token (the LSTM is
+then re-run for ``e``), or to the decoder's pre-activation. Parameters: embedding and LSTM
+are shared; attention and intent decoder belong to the intent task, the slot decoder to
+the slot task. The model adds no penalty (dropout regularises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from taskrel.data.taskset import PAD_TAG, TaskSet
+from taskrel.errors import ConfigError, DataError
+from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec, per_example_loss
+from taskrel.training.metrics import predict_task, sequence_metrics
+
+INFUSION_POINTS = ("embedding", "encoder", "decoder")
+
+
+class JointSLUConfig(ModelConfig):
+    embedding_dim: int = Field(128, ge=1, description="word embedding width E")
+    hidden: int = Field(128, ge=1, description="LSTM units per direction h")
+    layers: int = Field(1, ge=1, description="stacked BiLSTM layers")
+    decoder_hidden: int = Field(128, ge=1, description="decoder hidden width D")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout on e, H and d")
+
+
+@dataclass
+class SLUState:
+    """Task-independent part of a forward pass.
+
+    Attributes:
+        emb: embeddings after dropout ``(b, l, E)``, ``l`` = longest utterance in the batch.
+        enc: BiLSTM outputs after dropout ``(b, l, 2h)`` (zero at padding).
+        mask: real tokens ``(b, l)`` bool.
+        lengths: tokens per utterance ``(b,)`` int64 (at least 1).
+        total_length: ``L``, the padded length of the input.
+    """
+
+    emb: Tensor
+    enc: Tensor
+    mask: Tensor
+    lengths: Tensor
+    total_length: int
+
+
+def slu_task_indices(taskset: TaskSet) -> tuple[int, int]:
+    """Positions ``(intent, slots)`` of an SLU task set's two tasks.
+
+    Raises:
+        ConfigError: the task set is not one classification and one sequence-labelling
+            task over shared token inputs.
+    """
+    kinds = [t.kind for t in taskset.tasks]
+    ok = (taskset.shared_inputs and sorted(kinds) == ["classification", "sequence_labeling"]
+          and taskset.tasks[0].x.dtype.kind in "iu" and taskset.tasks[0].x.ndim == 2)
+    if not ok:
+        raise ConfigError(
+            f"dataset {taskset.name!r} is not an SLU task set (expected an intent "
+            f"classification and a slot labelling task on shared token ids; got {kinds})")
+    return kinds.index("classification"), kinds.index("sequence_labeling")
+
+
+def is_slu_taskset(taskset: TaskSet) -> bool:
+    """True for an intent + slots task set on shared token inputs."""
+    try:
+        slu_task_indices(taskset)
+    except ConfigError:
+        return False
+    return True
+
+
+class JointSLU(MTLModel):
+    """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head (see the
+    module docstring)."""
+
+    Config = JointSLUConfig
+    name = "slu"
+
+    def __init__(self, tasks: Sequence[TaskSpec], vocab_size: int, intent_task: int,
+                 slot_task: int, config: JointSLUConfig) -> None:
+        super().__init__(tasks)
+        self.config = config
+        self.intent_task, self.slot_task = intent_task, slot_task
+        width = 2 * config.hidden
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(config.embedding_dim, config.hidden, num_layers=config.layers,
+                            batch_first=True, bidirectional=True,
+                            dropout=config.dropout if config.layers > 1 else 0.0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(),
+                                       nn.Linear(width, 1, bias=False))
+        self.intent_hidden = nn.Linear(width, config.decoder_hidden)
+        self.intent_out = nn.Linear(config.decoder_hidden, tasks[intent_task].n_outputs)
+        self.slot_hidden = nn.Linear(width, config.decoder_hidden)
+        self.slot_out = nn.Linear(config.decoder_hidden, tasks[slot_task].n_outputs)
+
+    @classmethod
+    def build(cls, taskset: TaskSet, config: JointSLUConfig) -> JointSLU:
+        intent, slots = slu_task_indices(taskset)
+        x = taskset.tasks[0].x
+        vocab_size = max(len(taskset.meta.get("vocab", ())), int(x.max()) + 1 if x.size else 2)
+        return cls(TaskSpec.from_taskset(taskset), vocab_size, intent, slots, config)
+
+    # -- the feedback-body interface (see taskrel.models.feedback_parts.FeedbackBody) ----
+    def infusion_widths(self, task: int) -> dict[str, int]:
+        cfg = self.config
+        return {"embedding": cfg.embedding_dim, "encoder": 2 * cfg.hidden,
+                "decoder": cfg.decoder_hidden}
+
+    def encode(self, x: Tensor) -> SLUState:
+        """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding)."""
+        mask_full = x != 0
+        lengths = mask_full.sum(1).clamp(min=1)
+        longest = int(lengths.max())
+        x = x[:, :longest]
+        emb = self.dropout(self.embedding(x))
+        return SLUState(emb, self._lstm(emb, lengths), mask_full[:, :longest], lengths,
+                        mask_full.shape[1])
+
+    def _lstm(self, emb: Tensor, lengths: Tensor) -> Tensor:
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        enc, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
+        return self.dropout(enc)
+
+    def decode(self, state: SLUState, task: int, additions: Mapping[str, Tensor]) -> Tensor:
+        """Logits of ``task`` (intent ``(b, C)``, slots ``(b, L, S)``) with optional
+        additive features ``(b, width)`` at the infusion points."""
+        enc = state.enc
+        if "embedding" in additions:
+            enc = self._lstm(state.emb + additions["embedding"].unsqueeze(1), state.lengths)
+        if "encoder" in additions:
+            enc = enc + additions["encoder"].unsqueeze(1)
+        dec_add = additions.get("decoder")
+        if task == self.intent_task:
+            scores = self.attention(enc).squeeze(-1).masked_fill(~state.mask, -torch.inf)
+            pooled = torch.einsum("bl,bld->bd", torch.softmax(scores, dim=1), enc)
+            pre = self.intent_hidden(pooled)
+            pre = pre if dec_add is None else pre + dec_add
+            return self.intent_out(self.dropout(F.relu(pre)))
+        pre = self.slot_hidden(enc)
+        pre = pre if dec_add is None else pre + dec_add.unsqueeze(1)
+        logits = self.slot_out(self.dropout(F.relu(pre)))
+        return F.pad(logits, (0, 0, 0, state.total_length - logits.shape[1]))
+
+    def output_mask(self, state: SLUState, task: int) -> Tensor | None:
+        """Real tokens ``(b, L)`` for the slot task, None for the intent task."""
+        if task == self.intent_task:
+            return None
+        return F.pad(state.mask, (0, state.total_length - state.mask.shape[1]))
+
+    # -- the MTLModel interface ---------------------------------------------------------
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        return self.decode(self.encode(x), task, {})
+
+    def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
+        """Both tasks' mean losses from ONE encoder pass over the shared utterances."""
+        state = self.encode(batches[0].x)
+        losses = [per_example_loss(self.decode(state, b.task, {}), b.y,
+                                   self.tasks[b.task].kind).mean() for b in batches]
+        data = torch.stack(losses).sum()
+        return data, {"data_loss": float(data.detach()), "penalty": 0.0}
+
+    def task_parameter_names(self, task: int) -> list[str]:
+        prefixes = (("attention.", "intent_hidden.", "intent_out.") if task == self.intent_task
+                    else ("slot_hidden.", "slot_out."))
+        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
+
+    def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
+        return slu_scores(self, taskset, split)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def slu_metrics(intent_true: np.ndarray, intent_pred: np.ndarray, slots_true: np.ndarray,
+                slots_pred: np.ndarray, slot_labels: Sequence[str]) -> dict[str, float]:
+    """Standard SLU scores (fractions in [0, 1]).
+
+    Args:
+        intent_true, intent_pred: intent ids ``(n,)``.
+        slots_true: gold tag ids ``(n, L)`` padded with ``PAD_TAG``; ``slots_pred``:
+            predicted tag ids ``(n, L)`` (padding positions ignored).
+        slot_labels: tag names (BIO), indexed by tag id.
+
+    Returns:
+        ``intent_accuracy``, ``slot_f1`` (span-level CoNLL F1, seqeval: a span counts only
+        if its type and both boundaries match), ``overall_accuracy`` (intent and every
+        slot tag of the utterance correct).
+    """
+    intent_ok = intent_true == intent_pred
+    slots_ok = ((slots_true == slots_pred) | (slots_true == PAD_TAG)).all(axis=1)
+    seq = sequence_metrics(slots_true, slots_pred, slot_labels)
+    return {"intent_accuracy": float(intent_ok.mean()), "slot_f1": seq["slot_f1"],
+            "overall_accuracy": float((intent_ok & slots_ok).mean())}
+
+
+def slu_scores(model: MTLModel, taskset: TaskSet, split: str) -> dict[str, float]:
+    """:func:`slu_metrics` of ``model`` on ``split`` of an SLU task set (empty split: {})."""
+    intent, slots = slu_task_indices(taskset)
+    x, y_intent = taskset.tasks[intent].arrays(split)  # type: ignore[arg-type]
+    if len(x) == 0:
+        return {}
+    _, y_slots = taskset.tasks[slots].arrays(split)  # type: ignore[arg-type]
+    _, p_intent = predict_task(model, x, intent)
+    _, p_slots = predict_task(model, x, slots)
+    labels = taskset.tasks[slots].labels or tuple(str(i) for i in range(model.tasks[slots]
+                                                                          .n_outputs))
+    return slu_metrics(y_intent, p_intent, y_slots, p_slots, labels)
+
+
+# -- tagging one sentence -----------------------------------------------------------------
+def encode_sentence(sentence: str, vocab: Sequence[str]) -> Tensor:
+    """Whitespace tokens of ``sentence`` as ids ``(1, n)``: the exact token, else its
+    lower-case form, else ``<unk>`` (id 1).
+
+    Raises:
+        DataError: the sentence has no tokens.
+    """
+    tokens = sentence.split()
+    if not tokens:
+        raise DataError("the sentence to tag is empty")
+    index = {w: i for i, w in enumerate(vocab) if i > 0}
+    ids = [index.get(t, index.get(t.lower(), 1)) for t in tokens]
+    return torch.tensor([ids], dtype=torch.long)
+
+
+@torch.no_grad()
+def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> dict[str, object]:
+    """Intent and slot tags of one sentence with a trained SLU model.
+
+    Returns:
+        ``{"tokens": [...], "intent": name, "intent_probability": p, "slots": [tag per
+        token]}``.
+    """
+    intent, slots = slu_task_indices(taskset)
+    vocab = taskset.meta.get("vocab")
+    if vocab is None:
+        raise DataError(f"dataset {taskset.name!r} has no vocabulary in its meta data")
+    x = encode_sentence(sentence, vocab)
+    model.eval()
+    probs = torch.softmax(model(x, intent), dim=-1)[0]
+    tags = model.predict(x, slots)[0]
+    intent_names = taskset.tasks[intent].labels or ()
+    tag_names = taskset.tasks[slots].labels or ()
+    best = int(probs.argmax())
+    return {"tokens": sentence.split(), "intent": intent_names[best] if intent_names else best,
+            "intent_probability": float(probs[best]),
+            "slots": [tag_names[int(t)] if tag_names else int(t) for t in tags]}
