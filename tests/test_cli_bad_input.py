@@ -40,55 +40,100 @@ def _slu_folder(tmp: Path, seq_in: str, seq_out: str, label: str) -> str:
 # Each case: (id, builder(tmp) -> argv, fragments the message must contain)
 CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("unknown dataset", lambda t: ["train", "--data", "nope"], ["unknown dataset 'nope'"]),
-    ("missing csv", lambda t: ["train", "--data", str(t / "absent.csv")],
-     ["absent.csv", "no such file"]),
-    ("missing column", lambda t: ["train", "--data", _csv(t, "task,f1,label\na,1,0\n")],
-     ["data.csv", "target"]),
-    ("non-numeric feature", lambda t: ["train", "--data", _csv(
-        t, GOOD_ROWS.replace("a,0.30,0.0,1", "a,abc,0.0,1"))], ["data.csv", "f1", "abc"]),
-    ("nan feature", lambda t: ["train", "--data", _csv(
-        t, GOOD_ROWS.replace("a,0.30,0.0,1", "a,nan,0.0,1"))], ["data.csv", "f1"]),
-    ("inf feature", lambda t: ["train", "--data", _csv(
-        t, GOOD_ROWS.replace("b,0.40,1.0,0", "b,0.40,inf,0"))], ["data.csv", "f2"]),
-    ("single task", lambda t: ["train", "--data", _csv(
-        t, "".join(line for line in GOOD_ROWS.splitlines(True) if not line.startswith("b")))],
-     ["data.csv", "2 tasks"]),
-    ("label outside classes", lambda t: ["train", "--data", _csv(t, GOOD_ROWS), "--set",
-                                          "data.options.classes=[0]"],
-     ["data.csv", "target"]),
-    ("too few examples", lambda t: ["train", "--data", _csv(
-        t, GOOD_ROWS + "c,0.1,0.2,1\n")], ["data.csv", "'c'"]),
+    (
+        "missing csv",
+        lambda t: ["train", "--data", str(t / "absent.csv")],
+        ["absent.csv", "no such file"],
+    ),
+    (
+        "missing column",
+        lambda t: ["train", "--data", _csv(t, "task,f1,label\na,1,0\n")],
+        ["data.csv", "target"],
+    ),
+    (
+        "non-numeric feature",
+        lambda t: ["train", "--data", _csv(t, GOOD_ROWS.replace("a,0.30,0.0,1", "a,abc,0.0,1"))],
+        ["data.csv", "f1", "abc"],
+    ),
+    (
+        "nan feature",
+        lambda t: ["train", "--data", _csv(t, GOOD_ROWS.replace("a,0.30,0.0,1", "a,nan,0.0,1"))],
+        ["data.csv", "f1"],
+    ),
+    (
+        "inf feature",
+        lambda t: ["train", "--data", _csv(t, GOOD_ROWS.replace("b,0.40,1.0,0", "b,0.40,inf,0"))],
+        ["data.csv", "f2"],
+    ),
+    (
+        "single task",
+        lambda t: [
+            "train",
+            "--data",
+            _csv(
+                t, "".join(line for line in GOOD_ROWS.splitlines(True) if not line.startswith("b"))
+            ),
+        ],
+        ["data.csv", "2 tasks"],
+    ),
+    (
+        "label outside classes",
+        lambda t: ["train", "--data", _csv(t, GOOD_ROWS), "--set", "data.options.classes=[0]"],
+        ["data.csv", "target"],
+    ),
+    (
+        "too few examples",
+        lambda t: ["train", "--data", _csv(t, GOOD_ROWS + "c,0.1,0.2,1\n")],
+        ["data.csv", "'c'"],
+    ),
     ("empty csv", lambda t: ["train", "--data", _csv(t, "")], ["data.csv", "empty"]),
-    ("seq.in/seq.out length mismatch", lambda t: ["train", "--model", "hard", "--data",
-                                                 _slu_folder(t, "a b c\n", "O O\n", "x\n")],
-     ["seq.out", "line 1"]),
-    ("empty line in seq.in", lambda t: ["train", "--data",
-                                       _slu_folder(t, "a b\n\n", "O O\nO\n", "x\ny\n")],
-     ["seq.in", "line 2"]),
+    (
+        "seq.in/seq.out length mismatch",
+        lambda t: ["train", "--model", "hard", "--data", _slu_folder(t, "a b c\n", "O O\n", "x\n")],
+        ["seq.out", "line 1"],
+    ),
+    (
+        "empty line in seq.in",
+        lambda t: ["train", "--data", _slu_folder(t, "a b\n\n", "O O\nO\n", "x\ny\n")],
+        ["seq.in", "line 2"],
+    ),
     ("unknown config key", lambda t: ["train", "--set", "train.lrr=0.1"], ["train.lrr"]),
-    ("wrong config type", lambda t: ["train", "--set", "train.epochs=many"],
-     ["train.epochs"]),
-    ("override without value", lambda t: ["train", "--set", "train.lr"],
-     ["train.lr", "KEY=VALUE"]),
-    ("missing config file", lambda t: ["train", "--config", str(t / "run.toml")],
-     ["run.toml", "not found"]),
-    ("invalid toml", lambda t: ["train", "--config", _csv(t, "[train\nlr=1", "run.toml")],
-     ["run.toml", "TOML"]),
+    ("wrong config type", lambda t: ["train", "--set", "train.epochs=many"], ["train.epochs"]),
+    ("override without value", lambda t: ["train", "--set", "train.lr"], ["train.lr", "KEY=VALUE"]),
+    (
+        "missing config file",
+        lambda t: ["train", "--config", str(t / "run.toml")],
+        ["run.toml", "not found"],
+    ),
+    (
+        "invalid toml",
+        lambda t: ["train", "--config", _csv(t, "[train\nlr=1", "run.toml")],
+        ["run.toml", "TOML"],
+    ),
     ("unknown model", lambda t: ["train", "--model", "mlp"], ["unknown model 'mlp'"]),
     ("unknown model option", lambda t: ["train", "--set", "model.hiden=[3]"], ["hiden"]),
-    ("model does not fit the data", lambda t: ["train", "--model", "hard", "--data",
-                                              _slu_folder(t, "a b\n", "O O\n", "x\n")],
-     ["hard", "flat float feature"]),
-    ("resume without checkpoint", lambda t: ["train", "--out", str(t), "--resume"],
-     ["no checkpoint"]),
+    (
+        "model does not fit the data",
+        lambda t: ["train", "--model", "hard", "--data", _slu_folder(t, "a b\n", "O O\n", "x\n")],
+        ["hard", "flat float feature"],
+    ),
+    (
+        "resume without checkpoint",
+        lambda t: ["train", "--out", str(t), "--resume"],
+        ["no checkpoint"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("argv_for", "fragments"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
-def test_cli_reports_bad_input_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           argv_for: Callable[[Path], list[str]],
-                                           fragments: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv_for", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_cli_reports_bad_input_on_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv_for: Callable[[Path], list[str]],
+    fragments: list[str],
+) -> None:
     argv = argv_for(tmp_path)
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "run")]
@@ -101,8 +146,9 @@ def test_cli_reports_bad_input_on_one_line(tmp_path: Path, capsys: pytest.Captur
         assert fragment in err
 
 
-def test_existing_results_are_never_overwritten(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_results_are_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text('{"keep": true}')
@@ -140,8 +186,13 @@ def test_every_user_error_is_a_value_error() -> None:
 
 
 def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "taskrel", "train", "--data", "nope"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskrel", "train", "--data", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (

@@ -24,7 +24,7 @@ def _assert_same_split(a: TaskSet, b: TaskSet) -> None:
 
 
 def _differs(a: TaskSet, b: TaskSet) -> bool:
-    return any(not np.array_equal(ta.train_idx, tb.train_idx) for ta, tb in zip(a, b))
+    return any(not np.array_equal(ta.train_idx, tb.train_idx) for ta, tb in zip(a, b, strict=True))
 
 
 def _originals() -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +48,7 @@ def test_rotated_digits_class_tasks_partition_all_images(digits_cls: TaskSet) ->
     for task in digits_cls:
         assert task.x.dtype == np.float32 and task.y.dtype == np.int64
         assert task.n_outputs == 10 and task.labels == tuple("0123456789")
-        assert 0.0 <= task.x.min() and task.x.max() <= 1.0
+        assert task.x.min() >= 0.0 and task.x.max() <= 1.0
         # class-balanced partition: each class count within 1 of its share
         share = np.bincount(labels) / 6
         assert np.all(np.abs(np.bincount(task.y, minlength=10) - share) <= 1)
@@ -82,8 +82,11 @@ def test_rotate_is_counter_clockwise() -> None:
 def test_rotated_digits_split_sizes_and_determinism(digits_cls: TaskSet) -> None:
     for task, sizes in zip(digits_cls, digits_cls.sizes().values(), strict=True):
         n = task.n_examples
-        assert sizes == {"train": round(0.1 * n), "val": round(0.1 * n),
-                         "test": n - 2 * round(0.1 * n)}  # fmt: skip
+        assert sizes == {
+            "train": round(0.1 * n),
+            "val": round(0.1 * n),
+            "test": n - 2 * round(0.1 * n),
+        }
     again = load_rotated_digits(seed=0)
     _assert_same_split(digits_cls, again)
     np.testing.assert_array_equal(digits_cls[2].x, again[2].x)

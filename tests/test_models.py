@@ -35,8 +35,9 @@ def test_convex_hard_sharing_is_shared_plus_task_linear(synthetic_reg: TaskSet) 
 
 
 def test_hard_sharing_penalty_uses_separate_l2(synthetic_reg: TaskSet) -> None:
-    model = build_model("hard", synthetic_reg,
-                        {"hidden": [], "shared_head": True, "l2": 0.5, "l2_task": 2.0})
+    model = build_model(
+        "hard", synthetic_reg, {"hidden": [], "shared_head": True, "l2": 0.5, "l2_task": 2.0}
+    )
     shared = model.shared_head.weight.pow(2).sum()
     heads = sum(p.pow(2).sum() for p in model.heads.parameters())
     torch.testing.assert_close(model.penalty(), 0.25 * shared + 1.0 * heads)
@@ -71,7 +72,8 @@ def test_single_task_objective_is_separable(synthetic_cls: TaskSet) -> None:
         ("mlp", {}, "unknown model 'mlp'"),
     ],
 )
-def test_bad_model_config_is_a_config_error(synthetic_cls: TaskSet, name: str, config: dict,
-                                            message: str) -> None:
+def test_bad_model_config_is_a_config_error(
+    synthetic_cls: TaskSet, name: str, config: dict, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(name, synthetic_cls, config)

@@ -53,9 +53,11 @@ def test_atis_intent_conventions(atis: TaskSet) -> None:
     assert int(np.sum(y_val == unk)) == atis.meta["unseen_val_intents"] == 1
     assert int(np.sum(y_test == unk)) == atis.meta["unseen_test_intents"] == 5
     assert atis.meta["unseen_labels"]["test"]["intents"] == [
-        "atis_airfare#atis_flight", "atis_day_name", "atis_flight#atis_airline",
+        "atis_airfare#atis_flight",
+        "atis_day_name",
+        "atis_flight#atis_airline",
         "atis_flight_no#atis_airline",
-    ]  # fmt: skip
+    ]
     # a multi-intent test label seen in training keeps its own class
     labels = _bundled_lines("atis", "test", "label")
     seen_multi = [i for i, lab in enumerate(labels) if "#" in lab and lab in intents]
@@ -102,12 +104,16 @@ def test_vocabulary_comes_from_training_only(atis: TaskSet) -> None:
 def test_snips_facts(snips: TaskSet) -> None:
     assert snips.sizes()["slots"] == {"train": 13084, "val": 700, "test": 700}
     assert snips.meta["intents"][:-1] == [
-        "AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook",
-        "SearchCreativeWork", "SearchScreeningEvent",
-    ]  # fmt: skip
+        "AddToPlaylist",
+        "BookRestaurant",
+        "GetWeather",
+        "PlayMusic",
+        "RateBook",
+        "SearchCreativeWork",
+        "SearchScreeningEvent",
+    ]
     assert len(snips.meta["slot_tags"]) == 73  # 72 training tags + UNK
-    for key in ("unseen_val_intents", "unseen_test_intents", "unseen_val_tags",
-                "unseen_test_tags"):  # fmt: skip
+    for key in ("unseen_val_intents", "unseen_test_intents", "unseen_val_tags", "unseen_test_tags"):
         assert snips.meta[key] == 0
     intent = snips["intent"]
     assert np.bincount(intent.y, minlength=8)[-1] == 0  # UNK never used
@@ -154,8 +160,17 @@ def test_user_folder_loads_with_unk_conventions(tmp_path: Path) -> None:
     folder = _write_folder(tmp_path / "tiny")
     ts = load_slu_folder(folder)
     assert ts.name == "tiny" and ts.shared_inputs
-    assert ts.meta["vocab"] == ["<pad>", "<unk>", "a", "book", "flight", "it", "jazz", "play",
-                                "some"]  # fmt: skip
+    assert ts.meta["vocab"] == [
+        "<pad>",
+        "<unk>",
+        "a",
+        "book",
+        "flight",
+        "it",
+        "jazz",
+        "play",
+        "some",
+    ]
     assert ts.meta["intents"] == ["Book", "Play", UNK]
     assert ts.meta["slot_tags"] == ["B-genre", "B-thing", "O", UNK]
     intent, slots = ts

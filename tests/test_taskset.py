@@ -10,8 +10,14 @@ from taskrel.errors import DataError
 
 def _task(name: str = "a", n: int = 20, classes: int = 2) -> Task:
     rng = np.random.default_rng(0)
-    return Task(name, "classification", rng.normal(size=(n, 3)).astype(np.float32),
-                np.arange(n) % classes, classes, train_idx=np.arange(n))
+    return Task(
+        name,
+        "classification",
+        rng.normal(size=(n, 3)).astype(np.float32),
+        np.arange(n) % classes,
+        classes,
+        train_idx=np.arange(n),
+    )
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
@@ -55,8 +61,16 @@ def test_global_ids_and_drop_keep() -> None:
 def test_standardize_fits_on_training_rows_only() -> None:
     ts = TaskSet("toy", (_task("a", 200), _task("b", 200))).split(0.25, seed=0)
     raw = ts["a"]
-    shifted = Task(raw.name, raw.kind, raw.x + np.float32(5.0) * (np.arange(200) % 2 == 0)[:, None],
-                   raw.y, 2, raw.train_idx, raw.val_idx, raw.test_idx)
+    shifted = Task(
+        raw.name,
+        raw.kind,
+        raw.x + np.float32(5.0) * (np.arange(200) % 2 == 0)[:, None],
+        raw.y,
+        2,
+        raw.train_idx,
+        raw.val_idx,
+        raw.test_idx,
+    )
     std = ts.with_tasks([shifted, ts["b"]]).standardize()
     a = std["a"]
     np.testing.assert_allclose(a.x[a.train_idx].mean(0), 0.0, atol=1e-5)
@@ -73,14 +87,35 @@ def test_standardize_fits_on_training_rows_only() -> None:
     [
         (lambda: TaskSet("x", ()), "no tasks"),
         (lambda: TaskSet("x", (_task("a"), _task("a"))), "duplicate task names"),
-        (lambda: Task("a", "classification", np.zeros((3, 2)), np.array([0, 1, 5]), 2,
-                      np.arange(3)), r"class labels must lie in \[0, 2\)"),
-        (lambda: Task("a", "classification", np.zeros((3, 2)), np.zeros(4, int), 2,
-                      np.arange(3)), "x has 3 rows but y has 4"),
-        (lambda: Task("a", "ranking", np.zeros((3, 2)), np.zeros(3), 1,  # type: ignore[arg-type]
-                      np.arange(3)), "kind 'ranking'"),
-        (lambda: Task("a", "regression", np.zeros((3, 2)), np.zeros(3), 1, [0, 1],
-                      test_idx=[1, 2]), "overlap"),
+        (
+            lambda: Task(
+                "a", "classification", np.zeros((3, 2)), np.array([0, 1, 5]), 2, np.arange(3)
+            ),
+            r"class labels must lie in \[0, 2\)",
+        ),
+        (
+            lambda: Task(
+                "a", "classification", np.zeros((3, 2)), np.zeros(4, int), 2, np.arange(3)
+            ),
+            "x has 3 rows but y has 4",
+        ),
+        (
+            lambda: Task(
+                "a",
+                "ranking",
+                np.zeros((3, 2)),
+                np.zeros(3),
+                1,  # type: ignore[arg-type]
+                np.arange(3),
+            ),
+            "kind 'ranking'",
+        ),
+        (
+            lambda: Task(
+                "a", "regression", np.zeros((3, 2)), np.zeros(3), 1, [0, 1], test_idx=[1, 2]
+            ),
+            "overlap",
+        ),
     ],
 )
 def test_invalid_tasks_are_rejected(build, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -24,13 +24,15 @@ def test_same_seed_gives_identical_results(synthetic_cls: TaskSet) -> None:
     for k, v in _params(runs[0].model).items():
         torch.testing.assert_close(v, _params(runs[1].model)[k], rtol=0, atol=0)
     assert evaluate(runs[0].model, synthetic_cls) == evaluate(runs[1].model, synthetic_cls)
-    other = fit(synthetic_cls, "hard", {"hidden": [8], "dropout": 0.2},
-                FAST.model_copy(update={"seed": 1}))
+    other = fit(
+        synthetic_cls, "hard", {"hidden": [8], "dropout": 0.2}, FAST.model_copy(update={"seed": 1})
+    )
     assert not torch.equal(other.model.encoder[0].weight, runs[0].model.encoder[0].weight)
 
 
-def test_interrupt_and_resume_reach_the_uninterrupted_result(synthetic_cls: TaskSet,
-                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_interrupt_and_resume_reach_the_uninterrupted_result(
+    synthetic_cls: TaskSet, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     config = {"hidden": [8], "dropout": 0.2}
     reference = fit(synthetic_cls, "hard", config, FAST)
 
@@ -49,8 +51,7 @@ def test_interrupt_and_resume_reach_the_uninterrupted_result(synthetic_cls: Task
     assert resumed.epochs_run == FAST.epochs
     for k, v in _params(reference.model).items():
         torch.testing.assert_close(v, _params(resumed.model)[k], rtol=0, atol=0)
-    assert [h["objective"] for h in resumed.history] == [
-        h["objective"] for h in reference.history]
+    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in reference.history]
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -76,13 +77,16 @@ def test_early_stopping_restores_the_best_validation_epoch(synthetic_cls: TaskSe
 
 def test_lbfgs_reaches_the_optimum_of_a_convex_model(synthetic_reg: TaskSet) -> None:
     cfg = TrainConfig(epochs=5, optimizer="lbfgs", lr=1.0, patience=None, dtype="float64")
-    result = fit(synthetic_reg, "hard", {"hidden": [], "shared_head": True, "l2": 1e-2,
-                                         "l2_task": 1e-1}, cfg)
+    result = fit(
+        synthetic_reg, "hard", {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}, cfg
+    )
     model = result.model
     from taskrel.models.base import Batch
 
-    batches = [Batch(t, torch.as_tensor(x).double(), torch.as_tensor(y).double())
-               for t, (x, y) in enumerate(task.arrays("train") for task in synthetic_reg)]
+    batches = [
+        Batch(t, torch.as_tensor(x).double(), torch.as_tensor(y).double())
+        for t, (x, y) in enumerate(task.arrays("train") for task in synthetic_reg)
+    ]
     loss, _ = model.objective(batches)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert max(g.abs().max().item() for g in grads) < 1e-7
@@ -90,7 +94,11 @@ def test_lbfgs_reaches_the_optimum_of_a_convex_model(synthetic_reg: TaskSet) -> 
 
 def test_trainer_learns_a_real_dataset() -> None:
     taskset = load("rotated-digits", train=0.3, val=0.1, seed=0).standardize()
-    result = fit(taskset, "hard", {"hidden": [64]},
-                 TrainConfig(epochs=30, lr=3e-3, batch_size=32, patience=5))
+    result = fit(
+        taskset,
+        "hard",
+        {"hidden": [64]},
+        TrainConfig(epochs=30, lr=3e-3, batch_size=32, patience=5),
+    )
     acc = summarize(evaluate(result.model, taskset))["accuracy"]
     assert acc > 0.85  # chance is 0.10

@@ -98,8 +98,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     raise ConfigError(f"{p}: config files must be .toml or .json")
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                    ) -> RunConfig:
+def load_run_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
     """Build a validated :class:`RunConfig` from an optional file plus overrides.
 
     Raises:

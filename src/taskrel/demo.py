@@ -22,20 +22,34 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 
 
 def demo_config(data: str, seed: int, model: dict[str, Any]) -> RunConfig:
-    return RunConfig(seed=seed, data=DataConfig(name=data), model=model,
-                     train=TrainConfig(epochs=150, lr=1e-2, batch_size=32, patience=20))
+    return RunConfig(
+        seed=seed,
+        data=DataConfig(name=data),
+        model=model,
+        train=TrainConfig(epochs=150, lr=1e-2, batch_size=32, patience=20),
+    )
 
 
-def run_demo(run_dir: Path, data: str = "synthetic", seed: int = 0,
-             log: Callable[[str], None] = print) -> dict[str, RunOutcome]:
+def run_demo(
+    run_dir: Path, data: str = "synthetic", seed: int = 0, log: Callable[[str], None] = print
+) -> dict[str, RunOutcome]:
     """Train every model of :data:`DEMO_MODELS` on ``data`` (same split and seed), write
     ``metrics.json`` (per model and task), ``per_task_<metric>.png`` and a sub-folder per
     model into ``run_dir``; returns the outcome per model."""
     base = demo_config(data, seed, DEMO_MODELS["hard"])
     taskset = load_taskset(base)
-    record_run(run_dir, {"demo": {"data": data, "seed": seed,
-                                  "models": {m: demo_config(data, seed, c).model_dump()
-                                             for m, c in DEMO_MODELS.items()}}})
+    record_run(
+        run_dir,
+        {
+            "demo": {
+                "data": data,
+                "seed": seed,
+                "models": {
+                    m: demo_config(data, seed, c).model_dump() for m, c in DEMO_MODELS.items()
+                },
+            }
+        },
+    )
     outcomes: dict[str, RunOutcome] = {}
     for name, model in DEMO_MODELS.items():
         log(f"training {name} on {data} ...")
@@ -44,8 +58,15 @@ def run_demo(run_dir: Path, data: str = "synthetic", seed: int = 0,
         outcomes[name] = run_training(demo_config(data, seed, model), sub, taskset=taskset)
     metric = PRIMARY_METRIC[taskset.tasks[0].kind]
     table = {m: {t: o.metrics[t][metric] for t in taskset.names} for m, o in outcomes.items()}
-    write_json(run_dir / "metrics.json", {"metric": metric, "per_task": table,
-                                          "average": {m: o.summary for m, o in outcomes.items()}})
-    metric_bars(table, metric, run_dir / f"per_task_{metric}.png",
-                title=f"{data}: test {metric} per task")
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "metric": metric,
+            "per_task": table,
+            "average": {m: o.summary for m, o in outcomes.items()},
+        },
+    )
+    metric_bars(
+        table, metric, run_dir / f"per_task_{metric}.png", title=f"{data}: test {metric} per task"
+    )
     return outcomes

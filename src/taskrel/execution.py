@@ -1,11 +1,18 @@
 """Run many independent jobs (retrainings, seeds, benchmark grids) locally or on Ray,
 with an on-disk cache so an interrupted sweep resumes where it stopped.
 
-A :class:`Job` is a *top-level* function plus JSON-serialisable keyword arguments; its
-cache key is a SHA-256 of the function's qualified name and the canonical JSON of the
-arguments. Results are pickled one file per key (written atomically), so a killed sweep
-loses at most the jobs that were running, never a finished one, and re-running the same
-sweep reuses every finished result without duplicating it.
+A :class:`Job` is a *top-level* function plus keyword arguments. Its cache key is a
+SHA-256 of the function's qualified name and a canonical JSON form of the arguments
+(:func:`canonical`): numbers, strings, lists and dicts as themselves, NumPy arrays and
+tensors by a hash of their dtype, shape and bytes, dataclasses (e.g. a ``TaskSet``) and
+pydantic models field by field. Equal arguments give equal keys in every process; an
+argument with no canonical form is refused rather than hashed by its ``repr``.
+
+Results are pickled one file per key, written atomically by the driver as each job
+finishes, so a killed sweep loses only the jobs that were running, never a finished one,
+and re-running the sweep reuses every finished result. Jobs with equal keys in one sweep
+run once. Results come back in job order whatever the completion order, so a resumed
+sweep returns exactly what an uninterrupted one does.
 
 Backends: :class:`LocalExecutor` (``workers=1`` runs in-process; more workers use a
 process pool with the ``spawn`` start method) and :class:`RayExecutor` (a real Ray
@@ -14,32 +21,106 @@ cluster: an existing one by address, or a local one started on demand).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import pickle
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from taskrel.errors import ConfigError
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a top-level function.
+
+    Raises:
+        ValueError: ``fn`` is a lambda or a nested function (other processes cannot
+            import it, and its name would not identify it).
+    """
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    if "<" in fn.__qualname__:
+        raise ValueError(f"job function {name} must be a top-level function, not a lambda "
+                         "or a nested function")
+    return name
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-serialisable form of ``value`` that is equal exactly when the values are.
+
+    Raises:
+        TypeError: a value (or a part of it) of a type with no canonical form.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return _array_digest(value)
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if isinstance(value, Mapping):  # keys as JSON text: "1" and 1 stay distinct
+        return {json.dumps(canonical(k), sort_keys=True): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__dataclass__": _type_name(value),
+                "fields": {f.name: canonical(getattr(value, f.name))
+                           for f in dataclasses.fields(value)}}
+    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):  # pydantic
+        return {"__model__": _type_name(value), "fields": canonical(value.model_dump())}
+    if callable(value) and hasattr(value, "__qualname__"):
+        return {"__function__": function_name(value)}
+    raise TypeError(f"job argument of type {_type_name(value)} has no canonical form for the "
+                    "cache key; pass numbers, strings, lists, dicts, arrays, dataclasses or "
+                    "pydantic models")
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _array_digest(value: Any) -> dict[str, Any]:
+    """Dtype, shape and SHA-256 of the bytes of an array or a ``torch.Tensor``."""
+    arr = np.ascontiguousarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
+                               else value)
+    if arr.dtype.hasobject:
+        raise TypeError("object arrays have no canonical form for the cache key")
+    return {"__array__": hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest(),
+            "dtype": arr.dtype.str, "shape": list(arr.shape)}
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``fn(**kwargs)``. ``fn`` must be importable (top-level)."""
+    """One unit of work: ``fn(**kwargs)``. ``fn`` must be importable (top-level) and the
+    arguments must have a canonical form (see :func:`canonical`)."""
 
     fn: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        function_name(self.fn)
+
     def key(self) -> str:
-        """Stable hash of the function name and its arguments (canonical JSON)."""
-        name = f"{self.fn.__module__}.{self.fn.__qualname__}"
-        payload = json.dumps({"fn": name, "kwargs": self.kwargs}, sort_keys=True, default=str)
+        """Stable 32-hex-digit hash of the function name and the canonical arguments."""
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:
+        payload = json.dumps({"fn": function_name(self.fn), "kwargs": canonical(self.kwargs)},
+                             sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def run(self) -> Any:
@@ -47,7 +128,7 @@ class Job:
 
 
 class ResultCache:
-    """One pickle file per job key under ``directory``."""
+    """One pickle file ``KEY.pkl`` per job key under ``directory``."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -60,22 +141,43 @@ class ResultCache:
         return self._path(key).is_file()
 
     def get(self, key: str) -> Any:
-        with self._path(key).open("rb") as fh:
-            return pickle.load(fh)
+        """The stored result.
+
+        Raises:
+            KeyError: no result for ``key``, or its file cannot be unpickled (e.g. written
+                by an incompatible version); the job then simply runs again.
+        """
+        try:
+            with self._path(key).open("rb") as fh:
+                return pickle.load(fh)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except (EOFError, pickle.UnpicklingError, AttributeError, ImportError) as err:
+            raise KeyError(f"{key} (unreadable: {type(err).__name__})") from None
 
     def put(self, key: str, value: Any) -> None:
-        tmp = self._path(key).with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("wb") as fh:
-            pickle.dump(value, fh)
-        os.replace(tmp, self._path(key))
+        """Store ``value`` atomically: readers see the whole file or none."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def keys(self) -> list[str]:
+        """Keys of every stored result (sorted)."""
+        return sorted(p.stem for p in self.directory.glob("*.pkl"))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("*.pkl"))
+        return len(self.keys())
 
 
 def _run_job(job: Job) -> Any:
-    import torch
-
+    """Run ``job`` in a worker process, one thread per job (workers share the cores)."""
     torch.set_num_threads(1)
     return job.run()
 
@@ -87,28 +189,36 @@ class Executor(ABC):
 
     def map(self, jobs: Sequence[Job], cache: ResultCache | str | Path | None = None,
             progress: Callable[[int, int], None] | None = None) -> list[Any]:
-        """Results of ``jobs`` in order. Cached results are reused; new results are
-        written to the cache as each job finishes. ``progress(done, total)`` is called
-        after each finished job."""
+        """Results of ``jobs`` in order.
+
+        Cached results are reused; each new result is written to the cache as soon as its
+        job finishes. Jobs with equal keys run once. ``progress(done, total)`` is called
+        once before running and after each finished job (``total`` counts distinct keys).
+        If a job fails, the jobs not yet started are cancelled, finished results stay
+        cached, and the job's exception is raised.
+        """
         store = ResultCache(cache) if isinstance(cache, str | Path) else cache
-        results: dict[int, Any] = {}
-        todo: list[int] = []
+        first: dict[str, int] = {}
         for i, job in enumerate(jobs):
-            if store is not None and job.key() in store:
-                results[i] = store.get(job.key())
-            else:
-                todo.append(i)
-        done = len(results)
-        if progress is not None:
-            progress(done, len(jobs))
-        for i, value in self._run([jobs[i] for i in todo], todo):
-            results[i] = value
+            first.setdefault(job.key(), i)
+        results: dict[str, Any] = {}
+        todo: list[int] = []
+        for key, i in first.items():
             if store is not None:
-                store.put(jobs[i].key(), value)
-            done += 1
+                with suppress(KeyError):
+                    results[key] = store.get(key)
+                    continue
+            todo.append(i)
+        if progress is not None:
+            progress(len(results), len(first))
+        for i, value in self._run([jobs[i] for i in todo], todo):
+            key = jobs[i].key()
+            if store is not None:
+                store.put(key, value)
+            results[key] = value
             if progress is not None:
-                progress(done, len(jobs))
-        return [results[i] for i in range(len(jobs))]
+                progress(len(results), len(first))
+        return [results[job.key()] for job in jobs]
 
     @abstractmethod
     def _run(self, jobs: Sequence[Job], ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
@@ -116,11 +226,13 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    """In-process (``workers=1``) or a pool of ``workers`` processes."""
+    """In-process (``workers=1``) or a pool of ``workers`` processes (None: one per CPU)."""
 
     name = "local"
 
     def __init__(self, workers: int | None = 1) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be >= 1 (or None for one per CPU), got {workers}")
         self.workers = workers or os.cpu_count() or 1
 
     def _run(self, jobs: Sequence[Job], ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
@@ -128,10 +240,13 @@ class LocalExecutor(Executor):
             for i, job in zip(ids, jobs, strict=True):
                 yield i, job.run()
             return
-        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=get_context("spawn"))
+        try:
             futures = {pool.submit(_run_job, job): i for i, job in zip(ids, jobs, strict=True)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
+        finally:  # a failed job or an abandoned sweep: start no further jobs
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor(Executor):
@@ -139,9 +254,14 @@ class RayExecutor(Executor):
 
     Args:
         address: address of an existing cluster (``"auto"`` or ``"ray://host:port"``);
-            None starts a local Ray instance.
+            None starts a local Ray instance (unless Ray is already initialised).
         num_cpus: CPUs for a local instance (ignored when connecting).
         cpus_per_job: CPUs reserved per job.
+
+    Job functions are shipped by reference, so the workers must be able to import them
+    (installed packages; Ray also gives workers the driver's ``sys.path`` when it starts).
+    :meth:`shutdown` (or leaving a ``with`` block) stops a Ray instance this executor
+    started and leaves one it merely joined running.
     """
 
     name = "ray"
@@ -153,8 +273,11 @@ class RayExecutor(Executor):
         except ImportError as err:
             raise ConfigError("the ray executor needs Ray: pip install 'taskrel[distributed]'"
                               ) from err
+        if cpus_per_job <= 0:
+            raise ConfigError(f"cpus_per_job must be > 0, got {cpus_per_job}")
         self._ray = ray
-        if not ray.is_initialized():
+        self._owned = not ray.is_initialized()
+        if self._owned:
             kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
                                       "log_to_driver": False}
             if address is None:
@@ -164,20 +287,33 @@ class RayExecutor(Executor):
 
     def _run(self, jobs: Sequence[Job], ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
         ray = self._ray
-        remote = ray.remote(num_cpus=self.cpus_per_job)(_run_job)
+        remote = ray.remote(num_cpus=self.cpus_per_job, max_retries=0)(_run_job)
         pending = {remote.remote(job): i for i, job in zip(ids, jobs, strict=True)}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                yield pending.pop(ref), ray.get(ref)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    yield pending.pop(ref), ray.get(ref)
+        finally:  # a failed job or an abandoned sweep: cancel what has not finished
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def shutdown(self) -> None:
-        self._ray.shutdown()
+        """Stop the local Ray instance if this executor started it."""
+        if self._owned and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
 
 def make_executor(name: str = "local", workers: int | None = 1, address: str | None = None,
                   ) -> Executor:
-    """``local`` (default) or ``ray``."""
+    """``local`` (default; ``workers`` processes) or ``ray`` (``workers`` CPUs for a local
+    instance, or the cluster at ``address``)."""
     if name == "local":
         return LocalExecutor(workers)
     if name == "ray":

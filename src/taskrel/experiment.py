@@ -45,8 +45,13 @@ class RunOutcome:
     seconds: float
 
 
-def run_training(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
-                 progress: bool | None = None, taskset: TaskSet | None = None) -> RunOutcome:
+def run_training(
+    config: RunConfig,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    taskset: TaskSet | None = None,
+) -> RunOutcome:
     """Train ``config.model`` on ``config.data`` and, with ``run_dir``, write
     ``config.json``, ``environment.json``, ``metrics.json`` (test metrics per task plus
     their average), ``history.json``, ``timings.json``, ``model.pt`` and model-specific
@@ -58,21 +63,34 @@ def run_training(config: RunConfig, run_dir: Path | None = None, resume: bool = 
     if run_dir is not None:
         record_run(run_dir, config.model_dump())
     start = time.perf_counter()
-    result = train(model, taskset, train_cfg,
-                   checkpoint=run_dir / "checkpoint.pt" if run_dir is not None else None,
-                   resume=resume, progress=progress)
+    result = train(
+        model,
+        taskset,
+        train_cfg,
+        checkpoint=run_dir / "checkpoint.pt" if run_dir is not None else None,
+        resume=resume,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     metrics = evaluate(model, taskset, "test")
     summary = {**summarize(metrics), **model.extra_metrics(taskset, "test")}
     if run_dir is not None:
-        write_json(run_dir / "metrics.json", {"tasks": metrics, "average": summary,
-                                              "best_epoch": result.best_epoch,
-                                              "epochs_run": result.epochs_run},
-                   overwrite=resume)
+        write_json(
+            run_dir / "metrics.json",
+            {
+                "tasks": metrics,
+                "average": summary,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+            },
+            overwrite=resume,
+        )
         write_json(run_dir / "history.json", result.history, overwrite=resume)
-        write_json(run_dir / "timings.json", {"train_seconds": seconds,
-                                              "seconds_per_epoch": seconds / max(1, len(
-                                                  result.history))}, overwrite=True)
+        write_json(
+            run_dir / "timings.json",
+            {"train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(result.history))},
+            overwrite=True,
+        )
         save_model(model, config, run_dir / MODEL_FILE)
         model.write_artifacts(run_dir, taskset)
     return RunOutcome(model, taskset, metrics, summary, result, seconds)

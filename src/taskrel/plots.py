@@ -12,8 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def metric_bars(values: Mapping[str, Mapping[str, float]], metric: str, path: str | Path,
-                title: str | None = None) -> Path:
+def metric_bars(
+    values: Mapping[str, Mapping[str, float]],
+    metric: str,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
     """Grouped bar chart: one group per task, one bar per model.
 
     Args:
@@ -28,8 +32,7 @@ def metric_bars(values: Mapping[str, Mapping[str, float]], metric: str, path: st
     pos = np.arange(len(tasks))
     for k, m in enumerate(models):
         ax.bar(pos + k * width, [values[m][t] for t in tasks], width, label=m)
-    ax.set_xticks(pos + width * (len(models) - 1) / 2, tasks, rotation=45, ha="right",
-                  fontsize=8)
+    ax.set_xticks(pos + width * (len(models) - 1) / 2, tasks, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(title or f"test {metric} per task")
     ax.legend()

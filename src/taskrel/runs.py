@@ -21,12 +21,27 @@ from typing import Any
 from taskrel.errors import RunDirError
 from taskrel.relatedness.result import _jsonable
 
-TRACKED_PACKAGES = ("taskrel", "torch", "numpy", "scipy", "scikit-learn", "matplotlib",
-                    "pydantic", "typer", "seqeval", "ray", "dattri")
+TRACKED_PACKAGES = (
+    "taskrel",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+    "pydantic",
+    "typer",
+    "seqeval",
+    "ray",
+    "dattri",
+)
 
 
-def new_run_dir(out: str | Path | None = None, kind: str = "run", root: str | Path = "runs",
-                resume: bool = False) -> Path:
+def new_run_dir(
+    out: str | Path | None = None,
+    kind: str = "run",
+    root: str | Path = "runs",
+    resume: bool = False,
+) -> Path:
     """Create (or, with ``resume``, reopen) a run folder.
 
     ``out`` names the folder; it must not hold files unless ``resume`` is set. Without
@@ -43,8 +58,10 @@ def new_run_dir(out: str | Path | None = None, kind: str = "run", root: str | Pa
                 raise RunDirError(f"{path}: no run folder to resume")
             return path
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunDirError(f"{path}: already holds results; choose a new --out folder "
-                              "or pass --resume to continue that run")
+            raise RunDirError(
+                f"{path}: already holds results; choose a new --out folder "
+                "or pass --resume to continue that run"
+            )
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -61,8 +78,14 @@ def git_revision() -> str | None:
     """The git commit of the taskrel source tree, if it is a git checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -78,10 +101,16 @@ def environment_info() -> dict[str, Any]:
             versions[pkg] = None
     import torch
 
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "packages": versions,
-            "git_revision": git_revision(), "command": sys.argv}
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": versions,
+        "git_revision": git_revision(),
+        "command": sys.argv,
+    }
 
 
 def write_json(path: str | Path, obj: Any, overwrite: bool = False) -> Path:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from taskrel.cli import app
+from taskrel.config import RunConfig
 
 console = Console()
 
@@ -48,8 +49,7 @@ def demo(
     outcomes = run_demo(run_dir, data=data, seed=seed, log=console.print)
     first = next(iter(outcomes.values()))
     metric = PRIMARY_METRIC[first.taskset.tasks[0].kind]
-    rows = {t: {m: o.metrics[t][metric] for m, o in outcomes.items()}
-            for t in first.taskset.names}
+    rows = {t: {m: o.metrics[t][metric] for m, o in outcomes.items()} for t in first.taskset.names}
     rows["average"] = {m: o.summary[metric] for m, o in outcomes.items()}
     console.print(metrics_table(f"test {metric} per task ({data})", rows, list(outcomes)))
     console.print(f"run folder: {run_dir}  ({time.perf_counter() - start:.1f} s)")
@@ -61,9 +61,13 @@ def train(
     model: Annotated[str | None, typer.Option(help="model name (overrides the config)")] = None,
     data: Annotated[str | None, typer.Option(help="dataset (overrides the config)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (overrides the config)")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a config field, e.g. --set train.lr=0.01 --set model.hidden=[32]"
-    )] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a config field, e.g. --set train.lr=0.01 --set model.hidden=[32]",
+        ),
+    ] = None,
     out: OutOption = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
 ) -> None:
@@ -83,11 +87,30 @@ def train(
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out naming the run folder")
     run_dir = new_run_dir(out, kind="train", resume=resume)
+    if resume:
+        cfg = saved_run_config(run_dir, cfg if (config or overrides) else None)
     outcome = run_training(cfg, run_dir, resume=resume)
     columns = sorted({k for m in outcome.metrics.values() for k in m if k != "loss"})
     rows = {**outcome.metrics, "average": outcome.summary}
     console.print(metrics_table(f"{cfg.model_name} on {cfg.data.name} (test)", rows, columns))
     console.print(f"run folder: {run_dir}  ({outcome.seconds:.1f} s training)")
+
+
+def saved_run_config(run_dir: Path, requested: RunConfig | None) -> RunConfig:
+    """The config a run folder was started with; ``requested`` must match it."""
+    from taskrel.config import read_config_file, validate
+    from taskrel.errors import RunDirError
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no config.json; not a taskrel training run")
+    saved = validate(RunConfig, read_config_file(path), str(path))
+    if requested is not None and requested != saved:
+        raise RunDirError(
+            f"{run_dir}: --resume continues the run with its saved config; "
+            "the given options differ from it (drop them or use a new --out)"
+        )
+    return saved
 
 
 @app.command()
@@ -103,8 +126,12 @@ def datasets(
     for name, info in DATASETS.items():
         ts = load(name)
         sizes = ts.sizes().values()
-        table.add_row(name, info.description, str(len(ts)),
-                      f"{sum(s['train'] for s in sizes)}/{sum(s['test'] for s in sizes)}")
+        table.add_row(
+            name,
+            info.description,
+            str(len(ts)),
+            f"{sum(s['train'] for s in sizes)}/{sum(s['test'] for s in sizes)}",
+        )
         if details:
             console.print(ts.describe())
     console.print(table)

@@ -117,13 +117,22 @@ def load(name: str | Path, **options: Any) -> TaskSet:
     if path.is_dir():
         return _resolve("taskrel.data.slu:load_slu_folder")(path, **options)
     if path.suffix or path.exists() or "/" in key:
-        raise DataError(f"{key}: no such dataset file (expected a .csv, .npz or .parquet file "
-                        "or an SLU folder)")
+        raise DataError(
+            f"{key}: no such dataset file (expected a .csv, .npz or .parquet file or an SLU folder)"
+        )
     raise DataError(
         f"unknown dataset {key!r}; built-in datasets: {', '.join(DATASETS)} "
         "(or give a path to a .csv/.npz/.parquet file)"
     )
 
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "PAD_TAG", "DatasetInfo", "Task", "TaskKind",
-           "TaskSet", "load"]
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "PAD_TAG",
+    "DatasetInfo",
+    "Task",
+    "TaskKind",
+    "TaskSet",
+    "load",
+]

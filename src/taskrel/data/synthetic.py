@@ -110,8 +110,9 @@ def load_synthetic(
                 train_idx=np.arange(n_per_task),
             )
         )
-    flat = np.stack([(w - w.mean(axis=1, keepdims=True)).ravel() if c > 1 else w.ravel()
-                     for w in weights])
+    flat = np.stack(
+        [(w - w.mean(axis=1, keepdims=True)).ravel() if c > 1 else w.ravel() for w in weights]
+    )
     flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
     similarity = flat @ flat.T
     ts = TaskSet(

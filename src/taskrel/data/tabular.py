@@ -313,6 +313,10 @@ def _feature_names(
 ) -> list[str]:
     for name in (task_column, target_column):
         table.column(name)
+    if task_column == target_column:
+        raise DataError(
+            f"{table.path}: column {task_column!r} cannot be both the task and the target column"
+        )
     if requested is None:
         names = [n for n in table.columns if n not in (task_column, target_column)]
         if not names:

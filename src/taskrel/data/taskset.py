@@ -63,9 +63,7 @@ class Task:
         if self.kind not in TASK_KINDS:
             raise DataError(f"task {self.name!r}: kind {self.kind!r} is not one of {TASK_KINDS}")
         if len(self.x) != len(self.y):
-            raise DataError(
-                f"task {self.name!r}: x has {len(self.x)} rows but y has {len(self.y)}"
-            )
+            raise DataError(f"task {self.name!r}: x has {len(self.x)} rows but y has {len(self.y)}")
         for split in ("train_idx", "val_idx", "test_idx"):
             object.__setattr__(self, split, _as_index(getattr(self, split)))
         n = len(self.x)
@@ -290,8 +288,9 @@ class TaskSet:
             return self
         pooled = None
         if scope == "pooled":
-            stacked = np.concatenate([t.x[t.train_idx].reshape(len(t.train_idx), -1)
-                                      for t in float_tasks])
+            stacked = np.concatenate(
+                [t.x[t.train_idx].reshape(len(t.train_idx), -1) for t in float_tasks]
+            )
             pooled = _moments(stacked)
         elif scope != "task":
             raise DataError(f"standardize scope must be 'task' or 'pooled', got {scope!r}")

@@ -31,8 +31,9 @@ def model_class(name: str) -> type[MTLModel]:
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
-def build_model(name: str, taskset: TaskSet,
-                config: ModelConfig | Mapping[str, Any] | None = None) -> MTLModel:
+def build_model(
+    name: str, taskset: TaskSet, config: ModelConfig | Mapping[str, Any] | None = None
+) -> MTLModel:
     """Build model ``name`` for ``taskset``; ``config`` is validated by the model's
     ``Config`` class (unknown keys and wrong types raise :class:`ConfigError`)."""
     cls = model_class(name)
@@ -48,5 +49,13 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-__all__ = ["MODELS", "Batch", "MTLModel", "ModelConfig", "TaskSpec", "build_model",
-           "model_class", "per_example_loss"]
+__all__ = [
+    "MODELS",
+    "Batch",
+    "MTLModel",
+    "ModelConfig",
+    "TaskSpec",
+    "build_model",
+    "model_class",
+    "per_example_loss",
+]

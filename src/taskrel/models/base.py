@@ -71,8 +71,7 @@ def per_example_loss(output: Tensor, y: Tensor, kind: str) -> Tensor:
     if kind == "regression":
         return (output.reshape(-1) - y.reshape(-1)) ** 2
     if kind == "sequence_labeling":
-        tok = F.cross_entropy(output.transpose(1, 2), y, reduction="none",
-                              ignore_index=PAD_TAG)
+        tok = F.cross_entropy(output.transpose(1, 2), y, reduction="none", ignore_index=PAD_TAG)
         mask = (y != PAD_TAG).to(tok.dtype)
         return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
     raise ValueError(f"unknown task kind {kind!r}")
@@ -94,8 +93,11 @@ class MTLModel(nn.Module):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_taskset(cls, taskset: TaskSet, config: ModelConfig | Mapping[str, Any] | None = None,
-                     ) -> MTLModel:
+    def from_taskset(
+        cls,
+        taskset: TaskSet,
+        config: ModelConfig | Mapping[str, Any] | None = None,
+    ) -> MTLModel:
         """Build the model for ``taskset`` from a config (object or mapping)."""
         cfg = config if isinstance(config, ModelConfig) else cls.Config(**(config or {}))
         return cls.build(taskset, cfg)

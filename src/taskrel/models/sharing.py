@@ -29,8 +29,12 @@ from taskrel.models.base import ModelConfig, MTLModel, TaskSpec
 Activation = Literal["relu", "tanh", "none"]
 
 
-def mlp(in_features: int, hidden: Sequence[int], activation: Activation, dropout: float,
-        ) -> nn.Sequential:
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    activation: Activation,
+    dropout: float,
+) -> nn.Sequential:
     """An MLP body ``in_features -> hidden[0] -> ... -> hidden[-1]`` (identity if empty)."""
     layers: list[nn.Module] = []
     width = in_features
@@ -75,7 +79,8 @@ class HardSharingConfig(ModelConfig):
     shared_head: bool = Field(False, description="add a shared linear head to every task")
     l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on shared parameters")
     l2_task: float | None = Field(
-        None, ge=0.0, description="L2 coefficient on task heads (default: same as l2)")
+        None, ge=0.0, description="L2 coefficient on task heads (default: same as l2)"
+    )
 
 
 class HardSharing(MTLModel):
@@ -84,20 +89,24 @@ class HardSharing(MTLModel):
     Config = HardSharingConfig
     name = "hard"
 
-    def __init__(self, tasks: Sequence[TaskSpec], in_features: int,
-                 config: HardSharingConfig) -> None:
+    def __init__(
+        self, tasks: Sequence[TaskSpec], in_features: int, config: HardSharingConfig
+    ) -> None:
         super().__init__(tasks)
         self.config = config
         self.encoder = mlp(in_features, config.hidden, config.activation, config.dropout)
         width = config.hidden[-1] if config.hidden else in_features
-        self.heads = nn.ModuleList(nn.Linear(width, t.n_outputs if t.kind != "regression" else 1)
-                                   for t in tasks)
+        self.heads = nn.ModuleList(
+            nn.Linear(width, t.n_outputs if t.kind != "regression" else 1) for t in tasks
+        )
         self.shared_head: nn.Linear | None = None
         if config.shared_head:
             outs = {h.out_features for h in self.heads}
             if len(outs) != 1:
-                raise ConfigError("hard sharing: shared_head needs every task to have the same "
-                                  f"number of outputs, got {sorted(outs)}")
+                raise ConfigError(
+                    "hard sharing: shared_head needs every task to have the same "
+                    f"number of outputs, got {sorted(outs)}"
+                )
             self.shared_head = nn.Linear(width, outs.pop(), bias=False)
 
     @classmethod
@@ -142,16 +151,18 @@ class SoftSharing(MTLModel):
     Config: type[ModelConfig] = SoftSharingConfig
     name = "soft"
 
-    def __init__(self, tasks: Sequence[TaskSpec], in_features: int,
-                 config: SoftSharingConfig) -> None:
+    def __init__(
+        self, tasks: Sequence[TaskSpec], in_features: int, config: SoftSharingConfig
+    ) -> None:
         super().__init__(tasks)
         self.config = config
         width = config.hidden[-1] if config.hidden else in_features
         self.bodies = nn.ModuleList(
             mlp(in_features, config.hidden, config.activation, config.dropout) for _ in tasks
         )
-        self.heads = nn.ModuleList(nn.Linear(width, t.n_outputs if t.kind != "regression" else 1)
-                                   for t in tasks)
+        self.heads = nn.ModuleList(
+            nn.Linear(width, t.n_outputs if t.kind != "regression" else 1) for t in tasks
+        )
 
     @classmethod
     def build(cls, taskset: TaskSet, config: SoftSharingConfig) -> SoftSharing:

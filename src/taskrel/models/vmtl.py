@@ -60,7 +60,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -80,8 +80,11 @@ from taskrel.models.bayes import (
     standard_normal_kl,
 )
 from taskrel.models.schedules import exponential_anneal, linear_warmup
-from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
+from taskrel.training.trainer import fit
+
+if TYPE_CHECKING:
+    from taskrel.relatedness import RelateContext
 
 Component = Literal["w", "z"]
 _MASKED = -1e30
@@ -112,6 +115,9 @@ class VMTLConfig(ModelConfig):
     tau_start: float = Field(1.0, gt=0.0, description="initial Gumbel-Softmax temperature")
     tau_end: float = Field(0.5, gt=0.0, description="final Gumbel-Softmax temperature")
     gumbel_hard: bool = Field(False, description="straight-through one-hot samples")
+    logit_scale: float = Field(
+        10.0, gt=0.0, description="mixing logits = logit_scale * parameters: with Adam this "
+        "multiplies the logits' learning rate (they get gradients from the KL terms only)")
     target_bandwidth: float | None = Field(
         0.5, gt=0.0, description="regression z-prior: kernel width on targets, in units of "
         "the pooled training target std; null = no target conditioning")
@@ -179,9 +185,9 @@ class VMTL(MTLModel):
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = BayesianLinear(d, k, config.sigma_init)
         rho = softplus_inverse(config.sigma_init)
-        scale = 1.0 / math.sqrt(k)
-        self.head_mu = nn.ParameterList(
-            nn.Parameter(torch.empty(k + 1, c).uniform_(-scale, scale)) for _ in range(n))
+        # every head starts at the same (zero) mean, so differences between heads come
+        # from the data only and the learned mixing weights are not init noise
+        self.head_mu = nn.ParameterList(nn.Parameter(torch.zeros(k + 1, c)) for _ in range(n))
         self.head_rho = nn.ParameterList(
             nn.Parameter(torch.full((k + 1, c), rho)) for _ in range(n))
         self.logits_w = nn.ParameterList(nn.Parameter(torch.zeros(n - 1)) for _ in range(n))
@@ -257,15 +263,18 @@ class VMTL(MTLModel):
         h = torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
-    def _sample_outputs(self, x: Tensor, task: int, n_samples: int) -> tuple[Tensor, Tensor,
-                                                                               Tensor]:
-        """Sampled head outputs ``(S, b, C)`` (standardised units for regression) and the
-        moments of ``q(z|x)``."""
+    def sample_outputs(self, x: Tensor, tasks: Tensor, n_samples: int,
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sampled head outputs ``(S, b, C)`` for inputs ``x`` ``(b, d)`` of tasks ``tasks``
+        (long ``(b,)``): ``z ~ q(z|x)`` by reparameterisation, then the head outputs given
+        ``z`` by local reparameterisation (standardised units for regression). Also returns
+        the moments ``(b, K)`` of ``q(z|x)``."""
+        mu_w, var_w = self.heads()
         mu_z, var_z = self.encode(x)
         z = mu_z + var_z.sqrt() * torch.randn(n_samples, *mu_z.shape)
-        h = self._augment(z)
-        mean = h @ self.head_mu[task]
-        var = (h**2) @ (F.softplus(self.head_rho[task]) ** 2)
+        h = self._augment(z)  # (S, b, K + 1)
+        mean = torch.einsum("sbk,bkc->sbc", h, mu_w[tasks])
+        var = torch.einsum("sbk,bkc->sbc", h**2, var_w[tasks])
         return mean + var.sqrt() * torch.randn_like(mean), mu_z, var_z
 
     # -- predictions ------------------------------------------------------------------
@@ -273,7 +282,8 @@ class VMTL(MTLModel):
         """Predictive outputs: logits ``(b, C)`` (with ``predict='sample'``: log of the
         sample-averaged class probabilities) or predictions ``(b,)`` in target units."""
         if self.config.predict == "sample":
-            out, _, _ = self._sample_outputs(x, task, self.config.test_samples)
+            tasks = torch.full((len(x),), task)
+            out, _, _ = self.sample_outputs(x, tasks, self.config.test_samples)
             if self.kind == "classification":
                 return torch.logsumexp(F.log_softmax(out, -1), 0) - math.log(len(out))
             pred = out.mean(0)
@@ -288,7 +298,8 @@ class VMTL(MTLModel):
         """Mixing weights ``(T, T)`` with zero diagonal, rows summing to one: Gumbel-Softmax
         samples at the current temperature (``sample=True``) or the noise-free
         ``softmax(logits / tau_end)``."""
-        logits = torch.stack(list(self.logits_w if component == "w" else self.logits_z))
+        raw = torch.stack(list(self.logits_w if component == "w" else self.logits_z))
+        logits = self.config.logit_scale * raw
         if sample:
             alpha = F.gumbel_softmax(logits, tau=self.schedule.tau, hard=self.config.gumbel_hard,
                                      dim=-1)
@@ -302,15 +313,15 @@ class VMTL(MTLModel):
     def kl_w(self, tasks: Sequence[int], alpha: Tensor | None = None) -> Tensor:
         """``KL(q(w_t) || p(w_t))`` of the given tasks, shape ``(len(tasks),)`` (nats).
 
-        ``alpha`` ``(T, T)`` are the mixing weights (drawn if None); the other tasks'
-        posteriors enter the prior detached."""
+        ``alpha`` ``(T, T)`` are the mixing weights with zero diagonal (drawn if None); the
+        other tasks' posteriors enter the prior detached."""
         mu, var = self.heads()
         idx = torch.as_tensor(list(tasks), dtype=torch.long)
         mu_q, var_q = mu[idx].flatten(1), var[idx].flatten(1)
         if not self._mixes("w"):
             return standard_normal_kl(mu_q, var_q)
         alpha = self.mixing_weights("w") if alpha is None else alpha
-        src = self.others[idx]  # (n, T-1)
+        src = self.others[idx]  # (n, T-1): never the task itself
         weights = torch.gather(alpha[idx], 1, src)
         mu_s = mu.detach().flatten(1)[src]  # (n, T-1, D)
         var_s = var.detach().flatten(1)[src]
@@ -318,41 +329,49 @@ class VMTL(MTLModel):
                                 self.config.kl_samples)
 
     @torch.no_grad()
-    def anchors(self, x: Tensor, y: Tensor, task: int) -> tuple[Tensor, Tensor]:
-        """Anchor inputs of the z-prior for examples ``(x, y)`` of task ``task``.
+    def anchors(self, x: Tensor, y: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
+        """Anchor inputs of the z-prior for examples ``(x, y)`` of tasks ``tasks``.
+
+        Args:
+            x: inputs ``(b, d)``; y: targets ``(b,)``; tasks: task position of each example,
+                long ``(b,)``.
 
         Returns:
-            ``(anchors, available)``: ``(b, T-1, d)`` attention-weighted averages of each
-            other task's training inputs (see module docstring) and ``(b, T-1)`` bool,
-            False where that task has no matching training row.
+            ``(anchors, available)``: ``(b, T, d)`` attention-weighted averages of each
+            task's training inputs (see module docstring) and ``(b, T)`` bool, False where
+            that task has no matching training row and for the example's own task.
         """
-        src = self.others[task]
-        xs, ys, valid = self.anchor_x[src], self.anchor_y[src], self.anchor_valid[src]
+        xs, ys = self.anchor_x, self.anchor_y
         logits = torch.einsum("bd,sjd->bsj", x, xs) / math.sqrt(x.shape[-1])
+        not_self = tasks.reshape(-1, 1) != torch.arange(self.n_tasks)  # (b, T)
+        valid = self.anchor_valid.unsqueeze(0) & not_self.unsqueeze(-1)
         if self.kind == "classification":
             valid = valid & (ys.unsqueeze(0) == y.reshape(-1, 1, 1))
-        else:
-            valid = valid.unsqueeze(0).expand(len(x), -1, -1)
-            if self.config.target_bandwidth is not None:
-                h = self.config.target_bandwidth * self.y_scale
-                dist = (y.reshape(-1, 1, 1).float() - ys.unsqueeze(0)) ** 2
-                logits = logits - dist / (2 * h**2)
+        elif self.config.target_bandwidth is not None:
+            h = self.config.target_bandwidth * self.y_scale
+            dist = (y.reshape(-1, 1, 1).float() - ys.unsqueeze(0)) ** 2
+            logits = logits - dist / (2 * h**2)
         weights = torch.softmax(logits.masked_fill(~valid, _MASKED), dim=-1)
         return torch.einsum("bsj,sjd->bsd", weights, xs), valid.any(-1)
 
-    def kl_z(self, x: Tensor, y: Tensor, task: int, mu_z: Tensor, var_z: Tensor,
+    def kl_z(self, x: Tensor, y: Tensor, tasks: Tensor, mu_z: Tensor, var_z: Tensor,
              alpha: Tensor | None = None) -> Tensor:
-        """``KL(q(z|x_i) || p(z_i))`` per example of task ``task``, shape ``(b,)`` (nats).
+        """``KL(q(z|x_i) || p(z_i))`` per example, shape ``(b,)`` (nats).
 
-        ``mu_z, var_z`` ``(b, K)`` are the moments of ``q(z|x)``; the sources
-        ``q(z | anchor_s)`` are computed without gradient (no dropout)."""
+        Args:
+            x, y, tasks: inputs ``(b, d)``, targets ``(b,)`` and task positions ``(b,)``.
+            mu_z, var_z: moments ``(b, K)`` of ``q(z|x)``.
+            alpha: mixing weights ``(T, T)`` with zero diagonal (drawn if None).
+
+        The sources ``q(z | anchor_s)`` are computed without gradient (and without dropout);
+        the weights of a task with no matching row are dropped and the rest renormalised."""
         if not self._mixes("z"):
             return standard_normal_kl(mu_z, var_z)
         alpha = self.mixing_weights("z") if alpha is None else alpha
-        anchors, avail = self.anchors(x, y, task)
+        anchors, avail = self.anchors(x, y, tasks)
         with torch.no_grad():
-            mu_s, var_s = self.encoder.moments(anchors)  # (b, T-1, K)
-        weights = alpha[task, self.others[task]] * avail  # (b, T-1)
+            mu_s, var_s = self.encoder.moments(anchors)  # (b, T, K)
+        weights = alpha[tasks] * avail  # (b, T)
         total = weights.sum(-1, keepdim=True)
         weights = weights / total.clamp_min(1e-12)
         # a standard normal source takes the whole weight when no task has a matching row
@@ -364,34 +383,37 @@ class VMTL(MTLModel):
                                 self.config.kl_samples)
 
     # -- objective --------------------------------------------------------------------
-    def nll(self, out: Tensor, y: Tensor, task: int) -> Tensor:
-        """Negative log-likelihood of samples ``out`` ``(S, b, C)``, averaged over samples,
-        shape ``(b,)`` (nats; regression in standardised target units)."""
+    def nll(self, out: Tensor, y: Tensor, tasks: Tensor) -> Tensor:
+        """Negative log-likelihood of sampled outputs ``out`` ``(S, b, C)`` for targets
+        ``y`` ``(b,)`` of tasks ``tasks`` ``(b,)``, averaged over samples, shape ``(b,)``
+        (nats; regression in standardised target units)."""
         if self.kind == "classification":
-            logp = -F.cross_entropy(out.flatten(0, 1), y.repeat(len(out)), reduction="none")
-            return -logp.reshape(len(out), -1).mean(0)
-        target = (y - self.y_mean[task]) / self.y_std[task]
-        var = torch.exp(2 * self.log_noise[task]).expand_as(target)
-        return -gaussian_log_prob(out.squeeze(-1).unsqueeze(-1), target.unsqueeze(-1),
-                                  var.unsqueeze(-1)).mean(0)
+            nll = F.cross_entropy(out.flatten(0, 1), y.repeat(len(out)), reduction="none")
+            return nll.reshape(len(out), -1).mean(0)
+        target = ((y - self.y_mean[tasks]) / self.y_std[tasks]).unsqueeze(-1)
+        var = torch.exp(2 * torch.stack(list(self.log_noise)))[tasks].unsqueeze(-1)
+        return -gaussian_log_prob(out, target, var).mean(0)
 
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
-        """Negative ELBO per example, summed over tasks (see module docstring)."""
+        """Negative ELBO per example, summed over tasks (see module docstring); every
+        task's batch is processed in one vectorised pass."""
         st = self.schedule
-        alpha_w = self.mixing_weights("w") if self._mixes("w") else None
-        alpha_z = self.mixing_weights("z") if self._mixes("z") else None
-        kl_w = self.kl_w([b.task for b in batches], alpha_w) / self.n_train[
-            [b.task for b in batches]]
-        nll_sum = kl_z_sum = torch.zeros(())
-        for b in batches:
-            out, mu_z, var_z = self._sample_outputs(b.x, b.task, self.config.train_samples)
-            nll_sum = nll_sum + self.nll(out, b.y, b.task).mean()
-            if st.eta > 0:
-                kl_z_sum = kl_z_sum + self.kl_z(b.x, b.y, b.task, mu_z, var_z, alpha_z).mean()
+        x = torch.cat([b.x for b in batches])
+        y = torch.cat([b.y for b in batches])
+        tasks = torch.cat([torch.full((len(b.x),), b.task) for b in batches])
+        # per-example weight 1 / batch size: sums over examples are sums of task means
+        weight = torch.cat([torch.full((len(b.x),), 1.0 / len(b.x)) for b in batches])
+        out, mu_z, var_z = self.sample_outputs(x, tasks, self.config.train_samples)
+        nll = (weight * self.nll(out, y, tasks)).sum()
+        present = [b.task for b in batches]
+        kl_w = (self.kl_w(present) / self.n_train[present]).sum()
+        kl_z = torch.zeros(())
+        if st.eta > 0:
+            kl_z = (weight * self.kl_z(x, y, tasks, mu_z, var_z)).sum()
         pen = self.penalty()
-        total = nll_sum + st.beta * kl_w.sum() + st.eta * kl_z_sum + pen
-        return total, {"data_loss": float(nll_sum.detach()), "kl_w": float(kl_w.sum().detach()),
-                       "kl_z": float(kl_z_sum.detach()), "penalty": float(pen.detach()),
+        total = nll + st.beta * kl_w + st.eta * kl_z + pen
+        return total, {"data_loss": float(nll.detach()), "kl_w": float(kl_w.detach()),
+                       "kl_z": float(kl_z.detach()), "penalty": float(pen.detach()),
                        "tau": st.tau, "beta": st.beta}
 
     def penalty(self) -> Tensor:
@@ -455,8 +477,6 @@ def vmtl_relatedness(taskset: TaskSet, ctx: RelateContext, model: VMTL | None = 
         ``s != t``; never negative, so it cannot flag harmful sources); diagonal NaN.
         ``meta['alpha_w']``/``meta['alpha_z']`` hold both learned matrices.
     """
-    from taskrel.training.trainer import fit
-
     if model is None:
         config = {**(ctx.model_config if ctx.model == "vmtl" else {}), **model_options}
         if config.get("prior", "both") == "none":

@@ -59,8 +59,9 @@ def method_function(name: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
-def relate(taskset: TaskSet, method: str = "mtif", context: RelateContext | None = None,
-           **options: Any) -> Relatedness:
+def relate(
+    taskset: TaskSet, method: str = "mtif", context: RelateContext | None = None, **options: Any
+) -> Relatedness:
     """Compute a task relatedness matrix with ``method`` (see :data:`METHODS`).
 
     The returned :class:`Relatedness` records the wall time in ``meta['wall_time_s']``."""
@@ -71,5 +72,12 @@ def relate(taskset: TaskSet, method: str = "mtif", context: RelateContext | None
     return result
 
 
-__all__ = ["METHODS", "RelateContext", "Relatedness", "agreement", "correlate", "relate",
-           "row_agreement"]
+__all__ = [
+    "METHODS",
+    "RelateContext",
+    "Relatedness",
+    "agreement",
+    "correlate",
+    "relate",
+    "row_agreement",
+]

@@ -43,8 +43,12 @@ def correlate(a: np.ndarray, b: np.ndarray, method: Correlation = "spearman") ->
     return float(fn(a, b)[0])
 
 
-def agreement(a: Relatedness | np.ndarray, b: Relatedness | np.ndarray, part: Part = "off",
-              method: Correlation = "spearman") -> float:
+def agreement(
+    a: Relatedness | np.ndarray,
+    b: Relatedness | np.ndarray,
+    part: Part = "off",
+    method: Correlation = "spearman",
+) -> float:
     """Correlation between the ``part`` entries of two ``(T, T)`` matrices."""
     ma, mb = _matrix(a), _matrix(b)
     if ma.shape != mb.shape:
@@ -52,8 +56,9 @@ def agreement(a: Relatedness | np.ndarray, b: Relatedness | np.ndarray, part: Pa
     return correlate(_entries(ma, part), _entries(mb, part), method)
 
 
-def row_agreement(a: Relatedness | np.ndarray, b: Relatedness | np.ndarray,
-                  method: Correlation = "spearman") -> np.ndarray:
+def row_agreement(
+    a: Relatedness | np.ndarray, b: Relatedness | np.ndarray, method: Correlation = "spearman"
+) -> np.ndarray:
     """Per target task i: correlation of row i of both matrices over sources j != i,
     shape ``(T,)``."""
     ma, mb = _matrix(a), _matrix(b)

@@ -46,16 +46,20 @@ class Relatedness:
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
         t = len(self.task_names)
         if self.matrix.shape != (t, t):
-            raise ValueError(f"relatedness matrix has shape {self.matrix.shape}, "
-                             f"expected ({t}, {t}) for {t} task names")
+            raise ValueError(
+                f"relatedness matrix has shape {self.matrix.shape}, "
+                f"expected ({t}, {t}) for {t} task names"
+            )
         if (self.instance_scores is None) != (self.instance_ids is None):
             raise ValueError("instance_scores and instance_ids go together")
         if self.instance_scores is not None and self.instance_ids is not None:
             self.instance_scores = np.asarray(self.instance_scores, dtype=np.float64)
             self.instance_ids = np.asarray(self.instance_ids, dtype=np.int64).reshape(-1, 2)
             if self.instance_scores.shape != (len(self.instance_ids), t):
-                raise ValueError(f"instance_scores has shape {self.instance_scores.shape}, "
-                                 f"expected ({len(self.instance_ids)}, {t})")
+                raise ValueError(
+                    f"instance_scores has shape {self.instance_scores.shape}, "
+                    f"expected ({len(self.instance_ids)}, {t})"
+                )
 
     # -- views --------------------------------------------------------------------------
     def off_diagonal(self) -> np.ndarray:
@@ -65,15 +69,20 @@ class Relatedness:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per (target, source) pair: ``{"target", "source", "value"}``."""
-        return [{"target": a, "source": b, "value": float(self.matrix[i, j])}
-                for i, a in enumerate(self.task_names) for j, b in enumerate(self.task_names)]
+        return [
+            {"target": a, "source": b, "value": float(self.matrix[i, j])}
+            for i, a in enumerate(self.task_names)
+            for j, b in enumerate(self.task_names)
+        ]
 
     def to_markdown(self, digits: int = 3) -> str:
         """The matrix as a markdown table (rows = targets, columns = sources)."""
         head = "| target \\ source | " + " | ".join(self.task_names) + " |"
         sep = "|---" * (len(self.task_names) + 1) + "|"
-        rows = [f"| {n} | " + " | ".join(f"{v:.{digits}g}" for v in row) + " |"
-                for n, row in zip(self.task_names, self.matrix, strict=True)]
+        rows = [
+            f"| {n} | " + " | ".join(f"{v:.{digits}g}" for v in row) + " |"
+            for n, row in zip(self.task_names, self.matrix, strict=True)
+        ]
         return "\n".join([head, sep, *rows])
 
     # -- persistence --------------------------------------------------------------------
@@ -83,14 +92,19 @@ class Relatedness:
         base = Path(path)
         base = base.with_suffix("") if base.suffix in (".json", ".npz") else base
         base.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"format_version": FORMAT_VERSION, "method": self.method,
-               "task_names": list(self.task_names), "matrix": self.matrix.tolist(),
-               "meta": _jsonable(self.meta),
-               "instance_scores": None}
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "task_names": list(self.task_names),
+            "matrix": self.matrix.tolist(),
+            "meta": _jsonable(self.meta),
+            "instance_scores": None,
+        }
         if self.instance_scores is not None:
             npz = base.with_suffix(".npz")
-            np.savez_compressed(npz, instance_scores=self.instance_scores,
-                                instance_ids=self.instance_ids)
+            np.savez_compressed(
+                npz, instance_scores=self.instance_scores, instance_ids=self.instance_ids
+            )
             doc["instance_scores"] = npz.name
         out = base.with_suffix(".json")
         out.write_text(json.dumps(doc, indent=2))
@@ -113,21 +127,30 @@ class Relatedness:
             raise RunDirError(f"{p}: not a relatedness JSON file ({err})") from None
         version = doc.get("format_version") if isinstance(doc, dict) else None
         if version != FORMAT_VERSION:
-            raise RunDirError(f"{p}: relatedness format version {version!r}, this taskrel "
-                              f"reads version {FORMAT_VERSION}")
+            raise RunDirError(
+                f"{p}: relatedness format version {version!r}, this taskrel "
+                f"reads version {FORMAT_VERSION}"
+            )
         scores = ids = None
         if doc.get("instance_scores"):
             with np.load(p.with_name(doc["instance_scores"])) as z:
                 scores, ids = z["instance_scores"], z["instance_ids"]
         try:
-            return cls(np.asarray(doc["matrix"]), list(doc["task_names"]), doc["method"],
-                       scores, ids, dict(doc.get("meta", {})))
+            return cls(
+                np.asarray(doc["matrix"]),
+                list(doc["task_names"]),
+                doc["method"],
+                scores,
+                ids,
+                dict(doc.get("meta", {})),
+            )
         except (KeyError, ValueError) as err:
             raise RunDirError(f"{p}: malformed relatedness file ({err})") from None
 
     # -- plotting -----------------------------------------------------------------------
-    def plot(self, path: str | Path | None = None, title: str | None = None,
-             annotate: bool | None = None) -> Any:
+    def plot(
+        self, path: str | Path | None = None, title: str | None = None, annotate: bool | None = None
+    ) -> Any:
         """Annotated heatmap (diverging colours centred on 0). Saves a PNG when ``path``
         is given; returns the matplotlib Figure."""
         import matplotlib
@@ -141,8 +164,9 @@ class Relatedness:
         lim = float(np.nanmax(np.abs(self.matrix))) or 1.0
         im = ax.imshow(self.matrix, cmap="RdBu", vmin=-lim, vmax=lim)
         ticks = range(t) if t <= 40 else range(0, t, max(1, t // 20))
-        ax.set_xticks(list(ticks), [self.task_names[i] for i in ticks], rotation=60,
-                      ha="right", fontsize=8)
+        ax.set_xticks(
+            list(ticks), [self.task_names[i] for i in ticks], rotation=60, ha="right", fontsize=8
+        )
         ax.set_yticks(list(ticks), [self.task_names[i] for i in ticks], fontsize=8)
         ax.set_xlabel("source task j")
         ax.set_ylabel("target task i")
@@ -150,8 +174,15 @@ class Relatedness:
         if annotate if annotate is not None else t <= 12:
             for i in range(t):
                 for j in range(t):
-                    ax.text(j, i, f"{self.matrix[i, j]:.2g}", ha="center", va="center",
-                            fontsize=7, color="black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{self.matrix[i, j]:.2g}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black",
+                    )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
         if path is not None:

@@ -113,6 +113,23 @@ def evaluate(
     return results
 
 
+@torch.no_grad()
+def task_losses(model: MTLModel, taskset: TaskSet, split: SplitName = "val") -> dict[str, float]:
+    """Mean per-example loss of every task on ``split`` (tasks with no rows skipped)."""
+    from taskrel.models.base import per_example_loss
+
+    losses = {}
+    for t, task in enumerate(taskset.tasks):
+        x, y = task.arrays(split)
+        if len(x):
+            out, _ = predict_task(model, x, t)
+            target = as_model_input(y, torch.float64)
+            losses[task.name] = float(
+                per_example_loss(torch.as_tensor(out), target, task.kind).mean()
+            )
+    return losses
+
+
 PRIMARY_METRIC = {
     "classification": "accuracy",
     "regression": "explained_variance",

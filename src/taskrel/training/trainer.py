@@ -34,7 +34,7 @@ from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
 from taskrel.seeding import seed_everything
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
-from taskrel.training.metrics import as_model_input, evaluate
+from taskrel.training.metrics import as_model_input, task_losses
 
 
 class TrainConfig(BaseModel):
@@ -136,8 +136,8 @@ class TaskSampler:
 
 def validation_loss(model: MTLModel, taskset: TaskSet) -> float | None:
     """Mean over tasks of the mean validation loss; None without validation data."""
-    metrics = evaluate(model, taskset, "val")
-    return sum(m["loss"] for m in metrics.values()) / len(metrics) if metrics else None
+    losses = task_losses(model, taskset, "val")
+    return sum(losses.values()) / len(losses) if losses else None
 
 
 @contextmanager
