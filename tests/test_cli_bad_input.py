@@ -159,8 +159,10 @@ def test_existing_results_are_never_overwritten(
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage")
-    assert main(["train", "--out", str(tmp_path), "--resume"]) == 2
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--set", "train.epochs=1"]) == 0
+    (run / "checkpoint.pt").write_bytes(b"\x00garbage")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
     assert "corrupt checkpoint" in capsys.readouterr().err
 
 

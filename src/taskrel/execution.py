@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -259,7 +260,7 @@ class RayExecutor(Executor):
         cpus_per_job: CPUs reserved per job.
 
     Job functions are shipped by reference, so the workers must be able to import them
-    (installed packages; Ray also gives workers the driver's ``sys.path`` when it starts).
+    (installed packages; a local instance also searches the driver's ``sys.path``).
     :meth:`shutdown` (or leaving a ``with`` block) stops a Ray instance this executor
     started and leaves one it merely joined running.
     """
@@ -282,6 +283,9 @@ class RayExecutor(Executor):
                                       "log_to_driver": False}
             if address is None:
                 kwargs["num_cpus"] = num_cpus
+                # workers import job functions from wherever the driver can (e.g. tests/)
+                kwargs["job_config"] = ray.job_config.JobConfig(
+                    code_search_path=[os.path.abspath(p) for p in sys.path if os.path.isdir(p)])
             ray.init(**kwargs)
         self.cpus_per_job = cpus_per_job
 

@@ -93,7 +93,7 @@ def git_revision() -> str | None:
 
 def environment_info() -> dict[str, Any]:
     """Versions of Python, the platform and the libraries taskrel uses."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in TRACKED_PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)

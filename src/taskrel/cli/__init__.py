@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 app = typer.Typer(
@@ -39,16 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taskrel: interrupted", file=sys.stderr)
         return 130
-    except _click_exceptions() as err:  # usage errors: bad option, missing argument
+    except click.ClickException as err:  # usage errors: bad option, missing argument
         err.show()
-        return int(getattr(err, "exit_code", 2))
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return int(err.exit_code)
+    except click.exceptions.Abort:
+        print("taskrel: aborted", file=sys.stderr)
+        return 130
     return 0
-
-
-def _click_exceptions() -> tuple[type[BaseException], ...]:
-    import click
-
-    return (click.ClickException, click.exceptions.Exit, click.exceptions.Abort)
 
 
 def run() -> None:  # pragma: no cover - console script

@@ -28,7 +28,8 @@ def model_class(name: str) -> type[MTLModel]:
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; available models: {', '.join(MODELS)}")
     module, cls = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    model: type[MTLModel] = getattr(importlib.import_module(module), cls)
+    return model
 
 
 def build_model(

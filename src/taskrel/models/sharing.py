@@ -16,7 +16,7 @@ All three add ``(l2/2) * ||theta||^2`` over every parameter to the objective.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -66,6 +66,11 @@ def _squeeze_regression(out: Tensor, kind: str) -> Tensor:
     return out.squeeze(-1) if kind == "regression" else out
 
 
+def _n_outputs(task: TaskSpec) -> int:
+    """Width of a task's output layer (1 for regression)."""
+    return 1 if task.kind == "regression" else task.n_outputs
+
+
 def l2_penalty(module: nn.Module, l2: float) -> Tensor:
     """``(l2/2) * sum of squared parameters`` (a scalar)."""
     total = sum((p.pow(2).sum() for p in module.parameters()), torch.zeros(()))
@@ -97,11 +102,11 @@ class HardSharing(MTLModel):
         self.encoder = mlp(in_features, config.hidden, config.activation, config.dropout)
         width = config.hidden[-1] if config.hidden else in_features
         self.heads = nn.ModuleList(
-            nn.Linear(width, t.n_outputs if t.kind != "regression" else 1) for t in tasks
+            nn.Linear(width, _n_outputs(t)) for t in tasks
         )
         self.shared_head: nn.Linear | None = None
         if config.shared_head:
-            outs = {h.out_features for h in self.heads}
+            outs = {_n_outputs(t) for t in tasks}
             if len(outs) != 1:
                 raise ConfigError(
                     "hard sharing: shared_head needs every task to have the same "
@@ -148,8 +153,8 @@ class SoftSharingConfig(ModelConfig):
 class SoftSharing(MTLModel):
     """One network per task with a pairwise coupling penalty (see module docstring)."""
 
-    Config: type[ModelConfig] = SoftSharingConfig
-    name = "soft"
+    Config: ClassVar[type[ModelConfig]] = SoftSharingConfig
+    name: ClassVar[str] = "soft"
 
     def __init__(
         self, tasks: Sequence[TaskSpec], in_features: int, config: SoftSharingConfig
@@ -161,7 +166,7 @@ class SoftSharing(MTLModel):
             mlp(in_features, config.hidden, config.activation, config.dropout) for _ in tasks
         )
         self.heads = nn.ModuleList(
-            nn.Linear(width, t.n_outputs if t.kind != "regression" else 1) for t in tasks
+            nn.Linear(width, _n_outputs(t)) for t in tasks
         )
 
     @classmethod
@@ -211,8 +216,8 @@ class SingleTaskConfig(ModelConfig):
 class SingleTask(SoftSharing):
     """Single-task learning: one independent network per task (soft sharing, coupling 0)."""
 
-    Config = SingleTaskConfig
-    name = "stl"
+    Config: ClassVar[type[ModelConfig]] = SingleTaskConfig
+    name: ClassVar[str] = "stl"
 
     @classmethod
     def build(cls, taskset: TaskSet, config: SingleTaskConfig) -> SingleTask:  # type: ignore[override]

@@ -7,8 +7,8 @@ name, options and standardisation, or a content-addressed snapshot file of an ar
 task set), the model and training configs, the precision, and what to leave out. Jobs run
 on ``ctx.executor`` and, with ``ctx.cache_dir``, are cached under ``cache_dir/retrain`` so
 an interrupted sweep resumes. Retraining uses the same seed and config as the original
-model, so for convex models trained with L-BFGS (use ``dtype="float64"``) the only
-difference is the data.
+model, so for convex models trained with L-BFGS (use ``TrainConfig(dtype="float64")``)
+the only difference is the data.
 
 Sign convention (as everywhere): an effect is ``loss(without the data) - loss(with it)``,
 positive when the data help.
@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import torch
+from torch import Tensor
 
 from taskrel.config import DataConfig
 from taskrel.data import load
@@ -51,7 +51,6 @@ from taskrel.seeding import seed_everything
 from taskrel.training.metrics import evaluate
 from taskrel.training.trainer import TrainConfig, train
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 DataSpec = dict[str, Any]
 
 
@@ -104,15 +103,6 @@ def _read_snapshot(path: Path) -> TaskSet:
     return TaskSet(header["name"], tuple(tasks), shared_inputs=header["shared_inputs"])
 
 
-def cast_taskset(taskset: TaskSet, dtype: torch.dtype) -> TaskSet:
-    """The task set with float inputs (and regression targets) in ``dtype``."""
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-
-    def cast(a: np.ndarray) -> np.ndarray:
-        return a.astype(np_dtype) if np.issubdtype(a.dtype, np.floating) else a
-
-    return taskset.with_tasks([replace(t, x=cast(t.x), y=cast(t.y)) for t in taskset.tasks])
-
 
 # -- training ----------------------------------------------------------------------------------
 def _drop_task_terms(model: MTLModel, tasks: frozenset[int]) -> None:
@@ -120,25 +110,23 @@ def _drop_task_terms(model: MTLModel, tasks: frozenset[int]) -> None:
     parameters then feel only the penalty); the model instance is changed in place."""
     full = model.objective
 
-    def objective(batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         return full([b for b in batches if b.task not in tasks])
 
     model.objective = objective  # type: ignore[method-assign]
 
 
 def train_model(taskset: TaskSet, model: str, model_config: Mapping[str, Any],
-                train_config: TrainConfig | Mapping[str, Any], dtype: str = "float32",
+                train_config: TrainConfig | Mapping[str, Any],
                 without_tasks: Collection[int] = ()) -> MTLModel:
-    """Seed, build and train ``model`` on ``taskset`` in precision ``dtype``
-    (``float32``/``float64``), optionally without the data of ``without_tasks`` (their
-    validation rows are not used either). The same seed gives the same initialisation
-    whatever is left out."""
+    """Seed, build and train ``model`` on ``taskset`` (precision ``train_config.dtype``),
+    optionally without the data of ``without_tasks`` (their validation rows are not used
+    either). The same seed gives the same initialisation whatever is left out."""
     cfg = (train_config if isinstance(train_config, TrainConfig)
            else TrainConfig(**train_config))
-    torch_dtype = DTYPES[dtype]
-    data = cast_taskset(taskset, torch_dtype)
+    data = taskset
     seed_everything(cfg.seed)
-    built = build_model(model, data, dict(model_config)).to(torch_dtype)
+    built = build_model(model, data, dict(model_config))
     if without_tasks:
         _drop_task_terms(built, frozenset(without_tasks))
         data = data.with_tasks([replace(t, val_idx=np.zeros(0, np.int64))
@@ -148,16 +136,15 @@ def train_model(taskset: TaskSet, model: str, model_config: Mapping[str, Any],
 
 
 def retrain(data: DataSpec, model: str, model_config: dict[str, Any],
-            train_config: dict[str, Any], dtype: str = "float32",
-            drop_ids: list[list[int]] | None = None, without_tasks: list[int] | None = None,
-            tasks: list[int] | None = None) -> dict[str, Any]:
+            train_config: dict[str, Any], drop_ids: list[list[int]] | None = None,
+            without_tasks: list[int] | None = None, tasks: list[int] | None = None,
+            ) -> dict[str, Any]:
     """One retraining job (top-level, JSON-able arguments).
 
     Args:
         data: spec for :func:`load_data`.
-        model, model_config, train_config: what to train and how (same seed as the
-            original run).
-        dtype: ``float32`` or ``float64``.
+        model, model_config, train_config: what to train and how (same seed and
+            precision as the original run).
         drop_ids: training examples ``[task, row]`` to remove (positions in the full set).
         without_tasks: task positions whose data term leaves the objective.
         tasks: train on these task positions only (in this order).
@@ -172,8 +159,8 @@ def retrain(data: DataSpec, model: str, model_config: dict[str, Any],
     if tasks is not None:
         taskset = taskset.select_tasks(list(tasks))
         without = {tasks.index(t) for t in without if t in tasks}
-    trained = train_model(taskset, model, model_config, train_config, dtype, without)
-    metrics = evaluate(trained, cast_taskset(taskset, DTYPES[dtype]), "test")
+    trained = train_model(taskset, model, model_config, train_config, without)
+    metrics = evaluate(trained, taskset, "test")
     return {"task_names": taskset.names,
             "test_loss": [metrics[n]["loss"] for n in taskset.names],
             "metrics": metrics}
@@ -189,14 +176,11 @@ class Retrainer:
         data: spec of a built-in dataset that rebuilds ``taskset`` (preferred: works on
             remote workers); None writes a snapshot file (into ``ctx.cache_dir``, else a
             temporary folder removed on :meth:`close`).
-        dtype: training precision of every job.
     """
 
     def __init__(self, taskset: TaskSet, ctx: RelateContext,
-                 data: DataConfig | Mapping[str, Any] | None = None, dtype: str = "float32",
-                 ) -> None:
+                 data: DataConfig | Mapping[str, Any] | None = None) -> None:
         self.ctx = ctx
-        self.dtype = dtype
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data is not None:
             cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
@@ -214,7 +198,7 @@ class Retrainer:
         return Job(retrain, {"data": self.spec, "model": self.ctx.model,
                              "model_config": dict(self.ctx.model_config),
                              "train_config": self.ctx.train_config.model_dump(),
-                             "dtype": self.dtype, **variant})
+                             **variant})
 
     def run(self, variants: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Results of one retraining per variant (keyword arguments of :func:`retrain`)."""
@@ -237,32 +221,31 @@ class Retrainer:
 
 # -- ground-truth relatedness ------------------------------------------------------------------
 def loto_relatedness(taskset: TaskSet, ctx: RelateContext,
-                     data: DataConfig | Mapping[str, Any] | None = None,
-                     dtype: str = "float32") -> Relatedness:
+                     data: DataConfig | Mapping[str, Any] | None = None) -> Relatedness:
     """Leave-one-task-out by retraining (registry entry ``ground-truth``): ``T + 1``
     trainings. ``R[i, j] = L_i(without task j's data) - L_i(all)``, diagonal included."""
     start = time.perf_counter()
     n = len(taskset)
-    with Retrainer(taskset, ctx, data, dtype) as rt:
+    with Retrainer(taskset, ctx, data) as rt:
         runs = rt.run([{}] + [{"without_tasks": [j]} for j in range(n)])
     base = np.asarray(runs[0]["test_loss"])
     matrix = np.stack([np.asarray(r["test_loss"]) - base for r in runs[1:]], axis=1)
     meta = {"units": "change of the target's mean test loss when the source's training data "
                      "are removed (retrained); positive: the source helps",
-            "base_test_loss": base, "retrainings": n + 1, "dtype": dtype,
+            "base_test_loss": base, "retrainings": n + 1,
             "retrain_wall_time_s": time.perf_counter() - start}
     return Relatedness(matrix, taskset.names, "loto", meta=meta)
 
 
 def pairwise_relatedness(taskset: TaskSet, ctx: RelateContext,
                          data: DataConfig | Mapping[str, Any] | None = None,
-                         dtype: str = "float32") -> Relatedness:
+                         ) -> Relatedness:
     """Pairwise transfer by retraining (registry entry ``pairwise``): ``T + T(T-1)/2``
     trainings. ``R[i, j] = L_i({i} alone) - L_i({i, j})``; the diagonal is 0."""
     start = time.perf_counter()
     n = len(taskset)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    with Retrainer(taskset, ctx, data, dtype) as rt:
+    with Retrainer(taskset, ctx, data) as rt:
         runs = rt.run([{"tasks": [i]} for i in range(n)] + [{"tasks": [i, j]} for i, j in pairs])
     alone = np.array([r["test_loss"][0] for r in runs[:n]])
     matrix = np.zeros((n, n))
@@ -271,7 +254,7 @@ def pairwise_relatedness(taskset: TaskSet, ctx: RelateContext,
         matrix[j, i] = alone[j] - r["test_loss"][1]
     meta = {"units": "test-loss reduction of the target when trained together with the source "
                      "rather than alone; positive: the source helps; diagonal 0 by definition",
-            "alone_test_loss": alone, "retrainings": len(runs), "dtype": dtype,
+            "alone_test_loss": alone, "retrainings": len(runs),
             "retrain_wall_time_s": time.perf_counter() - start}
     return Relatedness(matrix, taskset.names, "pairwise", meta=meta)
 
@@ -285,12 +268,11 @@ def sample_train_ids(taskset: TaskSet, n: int, seed: int = 0) -> np.ndarray:
 
 
 def loo_effects(taskset: TaskSet, ctx: RelateContext, ids: np.ndarray,
-                data: DataConfig | Mapping[str, Any] | None = None,
-                dtype: str = "float32") -> np.ndarray:
+                data: DataConfig | Mapping[str, Any] | None = None) -> np.ndarray:
     """Exact leave-one-out by retraining: ``(len(ids), T)`` effects
     ``L_i(without ids[n]) - L_i(all)`` (positive: the example helps task i)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1, 2)
-    with Retrainer(taskset, ctx, data, dtype) as rt:
+    with Retrainer(taskset, ctx, data) as rt:
         runs = rt.run([{}] + [{"drop_ids": [[int(t), int(r)]]} for t, r in ids])
     base = np.asarray(runs[0]["test_loss"])
     return np.stack([np.asarray(r["test_loss"]) - base for r in runs[1:]])
@@ -316,10 +298,9 @@ def random_subsets(taskset: TaskSet, n_subsets: int, fraction: float = 0.5, seed
 
 
 def subset_losses(taskset: TaskSet, ctx: RelateContext, subsets: Sequence[np.ndarray],
-                  data: DataConfig | Mapping[str, Any] | None = None,
-                  dtype: str = "float32") -> np.ndarray:
+                  data: DataConfig | Mapping[str, Any] | None = None) -> np.ndarray:
     """Per-task test losses ``(M, T)`` after retraining without each removal set."""
-    with Retrainer(taskset, ctx, data, dtype) as rt:
+    with Retrainer(taskset, ctx, data) as rt:
         runs = rt.run([{"drop_ids": np.asarray(s).tolist()} for s in subsets])
     return np.array([r["test_loss"] for r in runs])
 

@@ -572,12 +572,12 @@ def mtif_relatedness(taskset: TaskSet, ctx: Any, model: MTLModel | None = None,
                      task_level: TaskLevel = "first-order", newton: bool | None = None,
                      instance: bool = True, weighting: Weighting = "fixed",
                      structured: bool | None = None, chunk_size: int = 256,
-                     train_dtype: str = "float32", solver_options: dict[str, Any] | None = None,
+                     solver_options: dict[str, Any] | None = None,
                      ) -> Relatedness:
     """MTIF relatedness (registry entry ``mtif``).
 
     Trains ``ctx.model`` with ``ctx.model_config`` and ``ctx.train_config`` on ``taskset``
-    (in ``train_dtype``) unless a trained ``model`` is given, then computes task-level
+    unless a trained ``model`` is given, then computes task-level
     scores (``task_level``: ``first-order`` or ``newton``) and, with ``instance``, one
     score per (training example, target task). Other options: see :class:`MTIF`.
     ``meta['timings_s']`` splits the wall time into training and influence parts."""
@@ -586,8 +586,7 @@ def mtif_relatedness(taskset: TaskSet, ctx: Any, model: MTLModel | None = None,
     timings = {}
     if model is None:
         start = time.perf_counter()
-        model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config,
-                            dtype=train_dtype)
+        model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config)
         timings["train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     engine = MTIF(model, taskset, solver=solver, damping=damping, structured=structured,

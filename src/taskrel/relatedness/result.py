@@ -100,7 +100,7 @@ class Relatedness:
             "meta": _jsonable(self.meta),
             "instance_scores": None,
         }
-        if self.instance_scores is not None:
+        if self.instance_scores is not None and self.instance_ids is not None:
             npz = base.with_suffix(".npz")
             np.savez_compressed(
                 npz, instance_scores=self.instance_scores, instance_ids=self.instance_ids
