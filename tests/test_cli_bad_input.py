@@ -118,9 +118,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
         ["hard", "flat float feature"],
     ),
     (
-        "resume without checkpoint",
+        "resume a folder that is not a run",
         lambda t: ["train", "--out", str(t), "--resume"],
-        ["no checkpoint"],
+        ["no config.json", "not a taskrel training run"],
     ),
 ]
 
