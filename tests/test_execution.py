@@ -132,27 +132,29 @@ def test_cache_is_atomic_and_treats_unreadable_files_as_missing(tmp_path: Path) 
 
 
 # -- local executor -----------------------------------------------------------------------
-def test_process_pool_runs_each_job_once_and_reuses_the_cache(
-        tmp_path: Path, markers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_map_runs_each_job_once_and_reuses_the_cache(tmp_path: Path, markers: Path) -> None:
     jobs = sweep_jobs(4)
     jobs.append(Job(train_subset, dict(jobs[0].kwargs)))  # a duplicate: runs once
     calls: list[tuple[int, int]] = []
-    pool = LocalExecutor(workers=2)
-    results = pool.map(jobs, cache=tmp_path / "cache", progress=lambda d, t: calls.append((d, t)))
+    executor = LocalExecutor(workers=1)
+    results = executor.map(jobs, cache=tmp_path, progress=lambda d, t: calls.append((d, t)))
     assert executions(markers) == Counter({job_id(j): 1 for j in jobs[:4]})
-    assert calls[0] == (0, 4) and calls[-1] == (4, 4)
-    again = LocalExecutor(workers=1).map(jobs, cache=tmp_path / "cache")
-    assert executions(markers) == Counter({job_id(j): 1 for j in jobs[:4]})  # nothing re-ran
-    assert pickle.dumps(again) == pickle.dumps(results)
-    monkeypatch.delenv(MARKERS)
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert results[4] is results[0] and len(ResultCache(tmp_path)) == 4
+    again = executor.map(jobs + sweep_jobs(5)[4:], cache=tmp_path)
+    assert executions(markers) == Counter({job_id(j): 1 for j in sweep_jobs(5)})  # only new
+    assert pickle.dumps(again[:5]) == pickle.dumps(results)
+
+
+def single_thread_results(jobs: list[Job], monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Each job run here with one torch thread, as in a worker process (no markers)."""
+    monkeypatch.delenv(MARKERS, raising=False)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a pool worker
+    torch.set_num_threads(1)
     try:
-        expected = [job.run() for job in jobs]
+        return [job.run() for job in jobs]
     finally:
         torch.set_num_threads(threads)
-    for got, want in zip(results, expected, strict=True):  # job order, the same numbers
-        np.testing.assert_array_equal(got, want)
 
 
 def test_a_failing_job_raises_and_keeps_finished_results(tmp_path: Path, markers: Path) -> None:
@@ -176,8 +178,8 @@ if __name__ == "__main__":
 """
 
 
-def test_killed_and_restarted_sweep_equals_an_uninterrupted_one(tmp_path: Path,
-                                                                markers: Path) -> None:
+def test_killed_and_restarted_sweep_equals_an_uninterrupted_one(
+        tmp_path: Path, markers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = tmp_path / "sweep.py"
     script.write_text(textwrap.dedent(SWEEP_SCRIPT.format(tests=str(TESTS_DIR))))
     cache_dir, out = tmp_path / "cache", tmp_path / "results.pkl"
@@ -206,9 +208,11 @@ def test_killed_and_restarted_sweep_equals_an_uninterrupted_one(tmp_path: Path,
         assert after[job_id(job)] == expected_runs, job.kwargs
     assert sum(before.values()) - len(finished) <= 2  # at most the 2 jobs in flight
 
-    reference_dir = tmp_path / "reference"
+    reference_dir = tmp_path / "reference"  # uninterrupted, on a process pool as well
     reference = LocalExecutor(workers=2).map(jobs, cache=reference_dir)
     assert out.read_bytes() == pickle.dumps(reference)
+    for got, want in zip(reference, single_thread_results(jobs, monkeypatch), strict=True):
+        np.testing.assert_array_equal(got, want)  # job order; the numbers of a plain run
     assert sorted(cache.keys()) == sorted(ResultCache(reference_dir).keys())
     for key in finished | set(cache.keys()):
         assert (cache_dir / f"{key}.pkl").read_bytes() == (reference_dir / f"{key}.pkl"
@@ -241,8 +245,8 @@ def ray_executor(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 @needs_ray
-def test_ray_sweep_matches_the_local_pool_and_reuses_the_cache(ray_executor,  # type: ignore[no-untyped-def]
-                                                               tmp_path: Path) -> None:
+def test_ray_sweep_matches_plain_runs_and_reuses_the_cache(
+        ray_executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     executor, folder = ray_executor
     import ray
 
@@ -250,8 +254,8 @@ def test_ray_sweep_matches_the_local_pool_and_reuses_the_cache(ray_executor,  # 
     jobs = sweep_jobs(4)
     results = executor.map(jobs, cache=tmp_path / "ray")
     assert executions(folder) == Counter({job_id(j): 1 for j in jobs})
-    local = LocalExecutor(workers=2).map(jobs)
-    assert pickle.dumps(results) == pickle.dumps(local)  # 1 thread per job in both
+    for got, want in zip(results, single_thread_results(jobs, monkeypatch), strict=True):
+        np.testing.assert_array_equal(got, want)
     again = executor.map(jobs + sweep_jobs(5)[4:], cache=tmp_path / "ray")
     assert executions(folder)[job_id(sweep_jobs(5)[4])] == 1
     assert sum(executions(folder)[job_id(j)] for j in sweep_jobs(5)) == 5  # only the new ran
