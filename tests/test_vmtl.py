@@ -35,8 +35,9 @@ def _mc_kl(mu_q: torch.Tensor, var_q: torch.Tensor, log_p, n: int = 200_000) -> 
 
 def test_gaussian_kl_closed_form_and_monte_carlo() -> None:
     # one dimension by hand: KL(N(1, 4) || N(0, 1)) = 0.5 (4 + 1 - 1 - log 4)
-    kl = gaussian_kl(torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([0.0]),
-                     torch.tensor([1.0]))
+    kl = gaussian_kl(
+        torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([0.0]), torch.tensor([1.0])
+    )
     assert float(kl) == pytest.approx(0.5 * (4 + 1 - 1 - math.log(4)), rel=1e-6)
     gen = torch.Generator().manual_seed(0)
     mu_q, var_q = _gaussians(gen, 5)
@@ -45,9 +46,11 @@ def test_gaussian_kl_closed_form_and_monte_carlo() -> None:
     assert float(gaussian_kl(mu_q, var_q, mu_p, var_p)) == pytest.approx(float(ref), rel=1e-10)
     p = D.Independent(D.Normal(mu_p, var_p.sqrt()), 1)
     assert float(gaussian_kl(mu_q, var_q, mu_p, var_p)) == pytest.approx(
-        _mc_kl(mu_q, var_q, p.log_prob), abs=0.03)
+        _mc_kl(mu_q, var_q, p.log_prob), abs=0.03
+    )
     assert float(standard_normal_kl(mu_q, var_q)) == pytest.approx(
-        float(gaussian_kl(mu_q, var_q, torch.zeros(5), torch.ones(5))), rel=1e-10)
+        float(gaussian_kl(mu_q, var_q, torch.zeros(5), torch.ones(5))), rel=1e-10
+    )
 
 
 @pytest.fixture
@@ -63,8 +66,7 @@ def test_moment_form_is_kl_to_law_of_weighted_sum(sources: tuple[torch.Tensor, .
     mu_q, var_q, alpha, mu_s, var_s = sources
     # the law of sum_s alpha_s Z_s, estimated by sampling the Z_s
     gen = torch.Generator().manual_seed(2)
-    z = mu_s + var_s.sqrt() * torch.randn(100_000, *mu_s.shape, generator=gen,
-                                          dtype=torch.float64)
+    z = mu_s + var_s.sqrt() * torch.randn(100_000, *mu_s.shape, generator=gen, dtype=torch.float64)
     total = (alpha[:, None] * z).sum(1)
     prior = D.Independent(D.Normal(total.mean(0), total.std(0)), 1)
     kl = float(mixture_prior_kl(mu_q, var_q, alpha, mu_s, var_s, "moment"))
@@ -73,8 +75,9 @@ def test_moment_form_is_kl_to_law_of_weighted_sum(sources: tuple[torch.Tensor, .
 
 def test_mixture_form_matches_monte_carlo(sources: tuple[torch.Tensor, ...]) -> None:
     mu_q, var_q, alpha, mu_s, var_s = sources
-    mixture = D.MixtureSameFamily(D.Categorical(probs=alpha),
-                                  D.Independent(D.Normal(mu_s, var_s.sqrt()), 1))
+    mixture = D.MixtureSameFamily(
+        D.Categorical(probs=alpha), D.Independent(D.Normal(mu_s, var_s.sqrt()), 1)
+    )
     reference = _mc_kl(mu_q, var_q, mixture.log_prob)
     torch.manual_seed(3)
     kl = float(mixture_prior_kl(mu_q, var_q, alpha, mu_s, var_s, "mixture", n_samples=100_000))
@@ -87,11 +90,14 @@ def test_mixture_form_matches_monte_carlo(sources: tuple[torch.Tensor, ...]) -> 
 def test_bound_form_is_weighted_kl_and_upper_bound(sources: tuple[torch.Tensor, ...]) -> None:
     mu_q, var_q, alpha, mu_s, var_s = sources
     bound = float(mixture_prior_kl(mu_q, var_q, alpha, mu_s, var_s, "bound"))
-    by_hand = sum(float(a) * float(gaussian_kl(mu_q, var_q, m, v))
-                  for a, m, v in zip(alpha, mu_s, var_s, strict=True))
+    by_hand = sum(
+        float(a) * float(gaussian_kl(mu_q, var_q, m, v))
+        for a, m, v in zip(alpha, mu_s, var_s, strict=True)
+    )
     assert bound == pytest.approx(by_hand, rel=1e-10)
-    mixture = D.MixtureSameFamily(D.Categorical(probs=alpha),
-                                  D.Independent(D.Normal(mu_s, var_s.sqrt()), 1))
+    mixture = D.MixtureSameFamily(
+        D.Categorical(probs=alpha), D.Independent(D.Normal(mu_s, var_s.sqrt()), 1)
+    )
     assert bound > _mc_kl(mu_q, var_q, mixture.log_prob) + 0.05
 
 
@@ -196,8 +202,14 @@ def test_z_anchors_same_class_other_tasks_only(clustered) -> None:
 
 
 def test_regression_z_prior_conditions_on_nearest_targets() -> None:
-    ts = load("synthetic-regression", clusters=1, cluster_size=3, n_unrelated=0,
-              n_adversarial=0, n_per_task=40)
+    ts = load(
+        "synthetic-regression",
+        clusters=1,
+        cluster_size=3,
+        n_unrelated=0,
+        n_adversarial=0,
+        n_per_task=40,
+    )
     x = torch.as_tensor(ts.tasks[0].x[:3])
     y = torch.tensor([-1.0, 0.0, 2.0])
     tasks = torch.zeros(3, dtype=torch.long)
@@ -236,8 +248,7 @@ def test_no_mixture_prior_is_standard_normal(clustered) -> None:
 
 
 def test_schedules(clustered) -> None:
-    model = _model(clustered, kl_warmup=0.5, prior_start=0.1, beta=2.0, tau_start=1.0,
-                   tau_end=0.25)
+    model = _model(clustered, kl_warmup=0.5, prior_start=0.1, beta=2.0, tau_start=1.0, tau_end=0.25)
     model.on_step(0, 101)
     assert (model.schedule.tau, model.schedule.beta, model.schedule.mixing) == (1.0, 0.0, False)
     model.on_step(50, 101)
@@ -262,8 +273,11 @@ def test_sample_prediction_matches_mean_when_posterior_is_sharp(clustered) -> No
 
 
 def test_learned_alpha_favours_own_cluster(clustered, tmp_path) -> None:
-    ctx = RelateContext(model="vmtl", model_config={"latent": 16, "prior_form": "bound"},
-                        train_config=TrainConfig(epochs=40, lr=1e-2, patience=None))
+    ctx = RelateContext(
+        model="vmtl",
+        model_config={"latent": 16, "prior_form": "bound"},
+        train_config=TrainConfig(epochs=40, lr=1e-2, patience=None),
+    )
     rel = relate(clustered, "vmtl", ctx)
     assert isinstance(rel, Relatedness)
     m = rel.matrix
@@ -278,8 +292,7 @@ def test_learned_alpha_favours_own_cluster(clustered, tmp_path) -> None:
 
 
 def test_artifacts_and_given_model(clustered, tmp_path) -> None:
-    result = fit(clustered, "vmtl", {"latent": 8, "prior": "w"},
-                 {"epochs": 2, "patience": None})
+    result = fit(clustered, "vmtl", {"latent": 8, "prior": "w"}, {"epochs": 2, "patience": None})
     model = result.model
     assert isinstance(model, VMTL)
     written = model.write_artifacts(tmp_path, clustered)

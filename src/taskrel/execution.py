@@ -161,7 +161,7 @@ class ResultCache:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(value, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self._path(key))

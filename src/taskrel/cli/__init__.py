@@ -22,6 +22,9 @@ app = typer.Typer(
 
 # Command modules register themselves on `app` when imported.
 from taskrel.cli import core  # noqa: E402,F401
+from taskrel.cli import mtif  # noqa: E402,F401
+from taskrel.cli import relate  # noqa: E402,F401
+from taskrel.cli import predict  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

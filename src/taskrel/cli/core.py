@@ -39,7 +39,8 @@ def demo(
     out: OutOption = None,
 ) -> None:
     """Train single-task, hard- and soft-sharing models on a built-in dataset and
-    compare them per task."""
+    compare them per task, then compare relatedness methods against retraining (HTML
+    report in the run folder's compare/)."""
     from taskrel.demo import run_demo
     from taskrel.runs import new_run_dir
     from taskrel.training.metrics import PRIMARY_METRIC

@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "soft": "taskrel.models.sharing:SoftSharing",
     "vmtl": "taskrel.models.vmtl:VMTL",
     "feedback": "taskrel.models.feedback:FeedbackMTL",
+    "slu": "taskrel.models.slu:JointSLU",
 }
 
 

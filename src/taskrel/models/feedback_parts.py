@@ -81,8 +81,7 @@ class Amplifier(nn.Sequential):
     ``(b, in)`` to an additive feature ``(b, out)`` of the receiving layer's width."""
 
     def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
-        super().__init__(nn.Linear(in_features, hidden), nn.Tanh(),
-                         nn.Linear(hidden, out_features))
+        super().__init__(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, out_features))
 
 
 def output_distribution(output: Tensor, kind: str) -> Tensor:
@@ -112,8 +111,9 @@ def feedback_signal(output: Tensor, kind: str, mask: Tensor | None) -> Tensor:
     return dist
 
 
-def convergence_loss(outputs: Sequence[Tensor], contraction: float,
-                     mask: Tensor | None = None) -> Tensor:
+def convergence_loss(
+    outputs: Sequence[Tensor], contraction: float, mask: Tensor | None = None
+) -> Tensor:
     """Penalty on iterations whose outputs fail to settle, per example ``(b,)``.
 
     ``outputs[k]`` is iteration ``k``'s output distribution, ``(b, C)`` or ``(b, L, C)``
@@ -134,6 +134,8 @@ def convergence_loss(outputs: Sequence[Tensor], contraction: float,
         if sq.dim() == 2:
             sq = masked_token_mean(sq, mask) if mask is not None else sq.mean(1)
         steps.append(sq)
-    terms = [F.relu(d - contraction * d_prev.detach())
-             for d_prev, d in zip(steps[:-1], steps[1:], strict=True)]
+    terms = [
+        F.relu(d - contraction * d_prev.detach())
+        for d_prev, d in zip(steps[:-1], steps[1:], strict=True)
+    ]
     return torch.stack(terms).sum(0)

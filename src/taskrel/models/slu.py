@@ -14,6 +14,7 @@ For a batch of ``b`` utterances padded with token id 0, trimmed to the longest o
     slots:  d_l = Dropout(ReLU(W_s H_l + c_s))            (b, l, D)   point "decoder"
             logits_l = W_t d_l + c_t                      (b, L, S)   (padded back to L)
 
+In training, each word is replaced by ``<unk>`` with probability ``word_dropout`` first.
 The LSTM runs on packed sequences, so padding never reaches it. Feedback MTL adds a
 vector ``(b, width)`` at an infusion point: to ``e`` or ``H`` at every token (the LSTM is
 then re-run for ``e``), or to the decoder's pre-activation. Parameters: embedding and LSTM
@@ -47,6 +48,13 @@ class JointSLUConfig(ModelConfig):
     layers: int = Field(1, ge=1, description="stacked BiLSTM layers")
     decoder_hidden: int = Field(128, ge=1, description="decoder hidden width D")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout on e, H and d")
+    word_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="training: replace each word by <unk> (id 1) with "
+        "this probability, so the <unk> embedding is learned for unseen words",
+    )
 
 
 @dataclass
@@ -76,12 +84,17 @@ def slu_task_indices(taskset: TaskSet) -> tuple[int, int]:
             task over shared token inputs.
     """
     kinds = [t.kind for t in taskset.tasks]
-    ok = (taskset.shared_inputs and sorted(kinds) == ["classification", "sequence_labeling"]
-          and taskset.tasks[0].x.dtype.kind in "iu" and taskset.tasks[0].x.ndim == 2)
+    ok = (
+        taskset.shared_inputs
+        and sorted(kinds) == ["classification", "sequence_labeling"]
+        and taskset.tasks[0].x.dtype.kind in "iu"
+        and taskset.tasks[0].x.ndim == 2
+    )
     if not ok:
         raise ConfigError(
             f"dataset {taskset.name!r} is not an SLU task set (expected an intent "
-            f"classification and a slot labelling task on shared token ids; got {kinds})")
+            f"classification and a slot labelling task on shared token ids; got {kinds})"
+        )
     return kinds.index("classification"), kinds.index("sequence_labeling")
 
 
@@ -101,19 +114,31 @@ class JointSLU(MTLModel):
     Config = JointSLUConfig
     name = "slu"
 
-    def __init__(self, tasks: Sequence[TaskSpec], vocab_size: int, intent_task: int,
-                 slot_task: int, config: JointSLUConfig) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        vocab_size: int,
+        intent_task: int,
+        slot_task: int,
+        config: JointSLUConfig,
+    ) -> None:
         super().__init__(tasks)
         self.config = config
         self.intent_task, self.slot_task = intent_task, slot_task
         width = 2 * config.hidden
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
-        self.lstm = nn.LSTM(config.embedding_dim, config.hidden, num_layers=config.layers,
-                            batch_first=True, bidirectional=True,
-                            dropout=config.dropout if config.layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            config.embedding_dim,
+            config.hidden,
+            num_layers=config.layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(config.dropout)
-        self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(),
-                                       nn.Linear(width, 1, bias=False))
+        self.attention = nn.Sequential(
+            nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False)
+        )
         self.intent_hidden = nn.Linear(width, config.decoder_hidden)
         self.intent_out = nn.Linear(config.decoder_hidden, tasks[intent_task].n_outputs)
         self.slot_hidden = nn.Linear(width, config.decoder_hidden)
@@ -129,8 +154,11 @@ class JointSLU(MTLModel):
     # -- the feedback-body interface (see taskrel.models.feedback_parts.FeedbackBody) ----
     def infusion_widths(self, task: int) -> dict[str, int]:
         cfg = self.config
-        return {"embedding": cfg.embedding_dim, "encoder": 2 * cfg.hidden,
-                "decoder": cfg.decoder_hidden}
+        return {
+            "embedding": cfg.embedding_dim,
+            "encoder": 2 * cfg.hidden,
+            "decoder": cfg.decoder_hidden,
+        }
 
     def encode(self, x: Tensor) -> SLUState:
         """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding)."""
@@ -138,9 +166,13 @@ class JointSLU(MTLModel):
         lengths = mask_full.sum(1).clamp(min=1)
         longest = int(lengths.max())
         x = x[:, :longest]
+        if self.training and self.config.word_dropout > 0:
+            drop = torch.rand(x.shape, device=x.device) < self.config.word_dropout
+            x = x.masked_fill(drop & (x > 1), 1)
         emb = self.dropout(self.embedding(x))
-        return SLUState(emb, self._lstm(emb, lengths), mask_full[:, :longest], lengths,
-                        mask_full.shape[1])
+        return SLUState(
+            emb, self._lstm(emb, lengths), mask_full[:, :longest], lengths, mask_full.shape[1]
+        )
 
     def _lstm(self, emb: Tensor, lengths: Tensor) -> Tensor:
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -181,14 +213,19 @@ class JointSLU(MTLModel):
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         """Both tasks' mean losses from ONE encoder pass over the shared utterances."""
         state = self.encode(batches[0].x)
-        losses = [per_example_loss(self.decode(state, b.task, {}), b.y,
-                                   self.tasks[b.task].kind).mean() for b in batches]
+        losses = [
+            per_example_loss(self.decode(state, b.task, {}), b.y, self.tasks[b.task].kind).mean()
+            for b in batches
+        ]
         data = torch.stack(losses).sum()
         return data, {"data_loss": float(data.detach()), "penalty": 0.0}
 
     def task_parameter_names(self, task: int) -> list[str]:
-        prefixes = (("attention.", "intent_hidden.", "intent_out.") if task == self.intent_task
-                    else ("slot_hidden.", "slot_out."))
+        prefixes = (
+            ("attention.", "intent_hidden.", "intent_out.")
+            if task == self.intent_task
+            else ("slot_hidden.", "slot_out.")
+        )
         return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
 
     def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
@@ -196,8 +233,13 @@ class JointSLU(MTLModel):
 
 
 # -- metrics ------------------------------------------------------------------------------
-def slu_metrics(intent_true: np.ndarray, intent_pred: np.ndarray, slots_true: np.ndarray,
-                slots_pred: np.ndarray, slot_labels: Sequence[str]) -> dict[str, float]:
+def slu_metrics(
+    intent_true: np.ndarray,
+    intent_pred: np.ndarray,
+    slots_true: np.ndarray,
+    slots_pred: np.ndarray,
+    slot_labels: Sequence[str],
+) -> dict[str, float]:
     """Standard SLU scores (fractions in [0, 1]).
 
     Args:
@@ -214,8 +256,11 @@ def slu_metrics(intent_true: np.ndarray, intent_pred: np.ndarray, slots_true: np
     intent_ok = intent_true == intent_pred
     slots_ok = ((slots_true == slots_pred) | (slots_true == PAD_TAG)).all(axis=1)
     seq = sequence_metrics(slots_true, slots_pred, slot_labels)
-    return {"intent_accuracy": float(intent_ok.mean()), "slot_f1": seq["slot_f1"],
-            "overall_accuracy": float((intent_ok & slots_ok).mean())}
+    return {
+        "intent_accuracy": float(intent_ok.mean()),
+        "slot_f1": seq["slot_f1"],
+        "overall_accuracy": float((intent_ok & slots_ok).mean()),
+    }
 
 
 def slu_scores(model: MTLModel, taskset: TaskSet, split: str) -> dict[str, float]:
@@ -227,9 +272,7 @@ def slu_scores(model: MTLModel, taskset: TaskSet, split: str) -> dict[str, float
     _, y_slots = taskset.tasks[slots].arrays(split)  # type: ignore[arg-type]
     _, p_intent = predict_task(model, x, intent)
     _, p_slots = predict_task(model, x, slots)
-    labels = taskset.tasks[slots].labels or tuple(str(i) for i in range(model.tasks[slots]
-                                                                          .n_outputs))
-    return slu_metrics(y_intent, p_intent, y_slots, p_slots, labels)
+    return slu_metrics(y_intent, p_intent, y_slots, p_slots, _names(taskset, slots))
 
 
 # -- tagging one sentence -----------------------------------------------------------------
@@ -248,14 +291,21 @@ def encode_sentence(sentence: str, vocab: Sequence[str]) -> Tensor:
     return torch.tensor([ids], dtype=torch.long)
 
 
-@torch.no_grad()
-def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> dict[str, object]:
-    """Intent and slot tags of one sentence with a trained SLU model.
+@dataclass
+class TaggedSentence:
+    """One tagged sentence: its tokens, the intent (name and probability) and one slot tag
+    per token."""
 
-    Returns:
-        ``{"tokens": [...], "intent": name, "intent_probability": p, "slots": [tag per
-        token]}``.
-    """
+    tokens: list[str]
+    intent: str
+    intent_probability: float
+    slots: list[str]
+
+
+@torch.no_grad()
+def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> TaggedSentence:
+    """Intent and slot tags of one whitespace-tokenised sentence with a trained SLU model
+    of ``taskset`` (whose ``meta['vocab']`` maps words to ids)."""
     intent, slots = slu_task_indices(taskset)
     vocab = taskset.meta.get("vocab")
     if vocab is None:
@@ -263,10 +313,15 @@ def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> dict[str, 
     x = encode_sentence(sentence, vocab)
     model.eval()
     probs = torch.softmax(model(x, intent), dim=-1)[0]
-    tags = model.predict(x, slots)[0]
-    intent_names = taskset.tasks[intent].labels or ()
-    tag_names = taskset.tasks[slots].labels or ()
+    tags = model.predict(x, slots)[0].tolist()
+    intent_names = _names(taskset, intent)
+    tag_names = _names(taskset, slots)
     best = int(probs.argmax())
-    return {"tokens": sentence.split(), "intent": intent_names[best] if intent_names else best,
-            "intent_probability": float(probs[best]),
-            "slots": [tag_names[int(t)] if tag_names else int(t) for t in tags]}
+    return TaggedSentence(
+        sentence.split(), intent_names[best], float(probs[best]), [tag_names[t] for t in tags]
+    )
+
+
+def _names(taskset: TaskSet, task: int) -> tuple[str, ...]:
+    t = taskset.tasks[task]
+    return t.labels or tuple(str(i) for i in range(t.n_outputs))

@@ -93,34 +93,47 @@ _MASKED = -1e30
 class VMTLConfig(ModelConfig):
     latent: int = Field(128, ge=1, description="size K of the representation z")
     activation: Literal["none", "relu", "tanh"] = Field(
-        "none", description="applied to z before the heads (the reference uses none)")
+        "none", description="applied to z before the heads (the reference uses none)"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="input dropout rate")
     sigma_init: float = Field(0.05, gt=0.0, description="initial posterior std of weights")
     prior: Literal["both", "w", "z", "none"] = Field(
-        "both", description="components with mixture priors; the others get N(0, I)")
+        "both", description="components with mixture priors; the others get N(0, I)"
+    )
     prior_form: PriorForm = Field(
-        "moment", description="moment (reference, closed form), mixture (Monte Carlo KL) or "
-        "bound (sum_s alpha_s KL(q || q_s))")
+        "moment",
+        description="moment (reference, closed form), mixture (Monte Carlo KL) or "
+        "bound (sum_s alpha_s KL(q || q_s))",
+    )
     kl_samples: int = Field(4, ge=1, description="Monte Carlo samples of the 'mixture' KL")
     train_samples: int = Field(10, ge=1, description="samples of z and outputs in training")
     test_samples: int = Field(10, ge=1, description="samples with predict='sample'")
     predict: Literal["mean", "sample"] = Field(
-        "mean", description="test-time prediction: posterior means or sample average")
+        "mean", description="test-time prediction: posterior means or sample average"
+    )
     beta: float = Field(1.0, ge=0.0, description="final weight of KL(q(w_t)||p(w_t))/n_t")
     eta: float = Field(1e-3, ge=0.0, description="final weight of the per-example z KL")
-    kl_warmup: float = Field(0.5, ge=0.0, le=1.0,
-                             description="fraction of steps over which beta, eta rise from 0")
-    prior_start: float = Field(0.1, ge=0.0, le=1.0,
-                               description="fraction of steps with N(0, I) priors")
+    kl_warmup: float = Field(
+        0.5, ge=0.0, le=1.0, description="fraction of steps over which beta, eta rise from 0"
+    )
+    prior_start: float = Field(
+        0.1, ge=0.0, le=1.0, description="fraction of steps with N(0, I) priors"
+    )
     tau_start: float = Field(1.0, gt=0.0, description="initial Gumbel-Softmax temperature")
     tau_end: float = Field(0.5, gt=0.0, description="final Gumbel-Softmax temperature")
     gumbel_hard: bool = Field(False, description="straight-through one-hot samples")
     logit_scale: float = Field(
-        10.0, gt=0.0, description="mixing logits = logit_scale * parameters: with Adam this "
-        "multiplies the logits' learning rate (they get gradients from the KL terms only)")
+        10.0,
+        gt=0.0,
+        description="mixing logits = logit_scale * parameters: with Adam this "
+        "multiplies the logits' learning rate (they get gradients from the KL terms only)",
+    )
     target_bandwidth: float | None = Field(
-        0.5, gt=0.0, description="regression z-prior: kernel width on targets, in units of "
-        "the pooled training target std; null = no target conditioning")
+        0.5,
+        gt=0.0,
+        description="regression z-prior: kernel width on targets, in units of "
+        "the pooled training target std; null = no target conditioning",
+    )
     l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on the encoder means")
 
     @model_validator(mode="after")
@@ -161,8 +174,13 @@ class VMTL(MTLModel):
     Config = VMTLConfig
     name = "vmtl"
 
-    def __init__(self, tasks: Sequence[TaskSpec], train_x: Sequence[Tensor],
-                 train_y: Sequence[Tensor], config: VMTLConfig) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        train_x: Sequence[Tensor],
+        train_y: Sequence[Tensor],
+        config: VMTLConfig,
+    ) -> None:
         """Args:
         tasks: the task specs (one kind and one output size for all).
         train_x: each task's training inputs ``(n_t, d)`` (anchors of the z-prior).
@@ -172,8 +190,10 @@ class VMTL(MTLModel):
         super().__init__(tasks)
         kinds = {(t.kind, t.n_outputs) for t in tasks}
         if len(kinds) != 1 or tasks[0].kind not in ("classification", "regression"):
-            raise ConfigError("model 'vmtl' needs tasks of one kind (classification or "
-                              f"regression) with one number of outputs; got {sorted(kinds)}")
+            raise ConfigError(
+                "model 'vmtl' needs tasks of one kind (classification or "
+                f"regression) with one number of outputs; got {sorted(kinds)}"
+            )
         if len(tasks) < 2:
             raise ConfigError("model 'vmtl' needs at least 2 tasks")
         self.config = config
@@ -189,12 +209,14 @@ class VMTL(MTLModel):
         # from the data only and the learned mixing weights are not init noise
         self.head_mu = nn.ParameterList(nn.Parameter(torch.zeros(k + 1, c)) for _ in range(n))
         self.head_rho = nn.ParameterList(
-            nn.Parameter(torch.full((k + 1, c), rho)) for _ in range(n))
+            nn.Parameter(torch.full((k + 1, c), rho)) for _ in range(n)
+        )
         self.logits_w = nn.ParameterList(nn.Parameter(torch.zeros(n - 1)) for _ in range(n))
         self.logits_z = nn.ParameterList(nn.Parameter(torch.zeros(n - 1)) for _ in range(n))
         if self.kind == "regression":
             self.log_noise = nn.ParameterList(
-                nn.Parameter(torch.tensor(math.log(0.5))) for _ in range(n))
+                nn.Parameter(torch.tensor(math.log(0.5))) for _ in range(n)
+            )
         self._register_data(train_x, train_y)
         self.schedule = ScheduleState(config.tau_start, config.beta, config.eta, mixing=True)
 
@@ -213,12 +235,17 @@ class VMTL(MTLModel):
         self.register_buffer("anchor_y", ys, persistent=False)
         self.register_buffer("anchor_valid", valid, persistent=False)
         self.register_buffer("others", others.reshape(n, n - 1), persistent=False)
-        self.register_buffer("n_train", torch.tensor(sizes, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer("n_train", torch.tensor(sizes, dtype=torch.float32), persistent=False)
         if self.kind == "regression":
             y_mean = torch.stack([y.float().mean() for y in train_y])
-            y_std = torch.stack([y.float().std(unbiased=False).clamp_min(1e-6)
-                                 if len(y) > 1 else torch.tensor(1.0) for y in train_y])
+            y_std = torch.stack(
+                [
+                    y.float().std(unbiased=False).clamp_min(1e-6)
+                    if len(y) > 1
+                    else torch.tensor(1.0)
+                    for y in train_y
+                ]
+            )
             pooled = torch.cat([y.float() for y in train_y]).std(unbiased=False)
             self.register_buffer("y_mean", y_mean, persistent=False)
             self.register_buffer("y_std", y_std, persistent=False)
@@ -228,8 +255,10 @@ class VMTL(MTLModel):
     def build(cls, taskset: TaskSet, config: VMTLConfig) -> VMTL:
         shape = taskset.input_shape
         if len(shape) != 1 or taskset.tasks[0].x.dtype.kind != "f":
-            raise ConfigError(f"model 'vmtl' needs flat float feature vectors; dataset "
-                              f"{taskset.name!r} has inputs of shape {shape}")
+            raise ConfigError(
+                f"model 'vmtl' needs flat float feature vectors; dataset "
+                f"{taskset.name!r} has inputs of shape {shape}"
+            )
         xs = [torch.as_tensor(t.x[t.train_idx]) for t in taskset.tasks]
         ys = [torch.as_tensor(t.y[t.train_idx]) for t in taskset.tasks]
         return cls(TaskSpec.from_taskset(taskset), xs, ys, config)
@@ -263,8 +292,12 @@ class VMTL(MTLModel):
         h = torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
-    def sample_outputs(self, x: Tensor, tasks: Tensor, n_samples: int,
-                       ) -> tuple[Tensor, Tensor, Tensor]:
+    def sample_outputs(
+        self,
+        x: Tensor,
+        tasks: Tensor,
+        n_samples: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Sampled head outputs ``(S, b, C)`` for inputs ``x`` ``(b, d)`` of tasks ``tasks``
         (long ``(b,)``): ``z ~ q(z|x)`` by reparameterisation, then the head outputs given
         ``z`` by local reparameterisation (standardised units for regression). Also returns
@@ -301,8 +334,9 @@ class VMTL(MTLModel):
         raw = torch.stack(list(self.logits_w if component == "w" else self.logits_z))
         logits = self.config.logit_scale * raw
         if sample:
-            alpha = F.gumbel_softmax(logits, tau=self.schedule.tau, hard=self.config.gumbel_hard,
-                                     dim=-1)
+            alpha = F.gumbel_softmax(
+                logits, tau=self.schedule.tau, hard=self.config.gumbel_hard, dim=-1
+            )
         else:
             alpha = torch.softmax(logits / self.config.tau_end, dim=-1)
         return off_diagonal_to_full(alpha)
@@ -325,8 +359,9 @@ class VMTL(MTLModel):
         weights = torch.gather(alpha[idx], 1, src)
         mu_s = mu.detach().flatten(1)[src]  # (n, T-1, D)
         var_s = var.detach().flatten(1)[src]
-        return mixture_prior_kl(mu_q, var_q, weights, mu_s, var_s, self.config.prior_form,
-                                self.config.kl_samples)
+        return mixture_prior_kl(
+            mu_q, var_q, weights, mu_s, var_s, self.config.prior_form, self.config.kl_samples
+        )
 
     @torch.no_grad()
     def anchors(self, x: Tensor, y: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
@@ -354,8 +389,15 @@ class VMTL(MTLModel):
         weights = torch.softmax(logits.masked_fill(~valid, _MASKED), dim=-1)
         return torch.einsum("bsj,sjd->bsd", weights, xs), valid.any(-1)
 
-    def kl_z(self, x: Tensor, y: Tensor, tasks: Tensor, mu_z: Tensor, var_z: Tensor,
-             alpha: Tensor | None = None) -> Tensor:
+    def kl_z(
+        self,
+        x: Tensor,
+        y: Tensor,
+        tasks: Tensor,
+        mu_z: Tensor,
+        var_z: Tensor,
+        alpha: Tensor | None = None,
+    ) -> Tensor:
         """``KL(q(z|x_i) || p(z_i))`` per example, shape ``(b,)`` (nats).
 
         Args:
@@ -379,8 +421,9 @@ class VMTL(MTLModel):
         weights = torch.cat([weights, none], dim=-1)
         mu_s = torch.cat([mu_s, torch.zeros_like(mu_s[:, :1])], dim=1)
         var_s = torch.cat([var_s, torch.ones_like(var_s[:, :1])], dim=1)
-        return mixture_prior_kl(mu_z, var_z, weights, mu_s, var_s, self.config.prior_form,
-                                self.config.kl_samples)
+        return mixture_prior_kl(
+            mu_z, var_z, weights, mu_s, var_s, self.config.prior_form, self.config.kl_samples
+        )
 
     # -- objective --------------------------------------------------------------------
     def nll(self, out: Tensor, y: Tensor, tasks: Tensor) -> Tensor:
@@ -412,9 +455,14 @@ class VMTL(MTLModel):
             kl_z = (weight * self.kl_z(x, y, tasks, mu_z, var_z)).sum()
         pen = self.penalty()
         total = nll + st.beta * kl_w + st.eta * kl_z + pen
-        return total, {"data_loss": float(nll.detach()), "kl_w": float(kl_w.detach()),
-                       "kl_z": float(kl_z.detach()), "penalty": float(pen.detach()),
-                       "tau": st.tau, "beta": st.beta}
+        return total, {
+            "data_loss": float(nll.detach()),
+            "kl_w": float(kl_w.detach()),
+            "kl_z": float(kl_z.detach()),
+            "penalty": float(pen.detach()),
+            "tau": st.tau,
+            "beta": st.beta,
+        }
 
     def penalty(self) -> Tensor:
         """``(l2/2) ||encoder weight and bias means||^2``."""
@@ -442,7 +490,7 @@ class VMTL(MTLModel):
             "component": component,
             "learned": component in self.active_components(),
             "meaning": "alpha[t, s]: weight of task s's posterior in task t's prior "
-                       "(non-negative affinity, rows sum to 1 over s != t)",
+            "(non-negative affinity, rows sum to 1 over s != t)",
             "diagonal": "undefined (NaN): a task's prior never includes its own posterior",
             "temperature": self.config.tau_end,
             "config": self.config.model_dump(),
@@ -462,8 +510,13 @@ class VMTL(MTLModel):
         return written
 
 
-def vmtl_relatedness(taskset: TaskSet, ctx: RelateContext, model: VMTL | None = None,
-                     component: Component | None = None, **model_options: Any) -> Relatedness:
+def vmtl_relatedness(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    model: VMTL | None = None,
+    component: Component | None = None,
+    **model_options: Any,
+) -> Relatedness:
     """Task relatedness from VMTL's learned mixing weights.
 
     Trains VMTL on ``taskset`` with ``ctx.train_config`` (model options: ``ctx.model_config``
@@ -490,8 +543,10 @@ def vmtl_relatedness(taskset: TaskSet, ctx: RelateContext, model: VMTL | None = 
         raise ConfigError("vmtl relatedness needs a model trained with a mixture prior")
     chosen = component or active[0]
     if chosen not in active:
-        raise ConfigError(f"vmtl relatedness: component {chosen!r} has no mixture prior "
-                          f"in this model (prior={model.config.prior!r})")
+        raise ConfigError(
+            f"vmtl relatedness: component {chosen!r} has no mixture prior "
+            f"in this model (prior={model.config.prior!r})"
+        )
     result = model.relatedness(taskset, chosen)
     for comp in active:
         result.meta[f"alpha_{comp}"] = model.relatedness(taskset, comp).matrix

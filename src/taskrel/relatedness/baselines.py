@@ -19,7 +19,7 @@ dropout) under a forked random state, so recording never changes the training tr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from taskrel.errors import ConfigError
 from taskrel.models.base import Batch, MTLModel
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
-from taskrel.training.trainer import fit
+from taskrel.training.trainer import TrainConfig, TrainResult, fit
 
 Probe = Callable[[MTLModel, list[Batch]], Tensor]
 """Maps the model and one step's batches (one per task) to a ``(T, T)`` matrix."""
@@ -106,12 +106,15 @@ def lookahead_affinity_step(model: MTLModel, batches: list[Batch], lr: float) ->
 
 
 def record_during_training(taskset: TaskSet, ctx: RelateContext, probe: Probe, every: int,
-                           ) -> tuple[np.ndarray, int]:
-    """Train ``ctx.model`` on ``taskset`` and average ``probe`` over every ``every``-th
-    step (steps 0, every, 2*every, ...).
+                           train_config: TrainConfig | None = None,
+                           ) -> tuple[np.ndarray, int, TrainResult]:
+    """Train ``ctx.model`` on ``taskset`` (with ``train_config``, default
+    ``ctx.train_config``) and average ``probe`` over every ``every``-th step (steps 0,
+    every, 2*every, ...).
 
     Returns:
-        The mean ``(T, T)`` matrix and the number of recorded steps."""
+        The mean ``(T, T)`` matrix, the number of recorded steps and the training result
+        (the same model as training without recording)."""
     if every < 1:
         raise ConfigError(f"every must be >= 1 (steps between recordings), got {every}")
     total = torch.zeros(len(taskset), len(taskset), dtype=torch.float64)
@@ -128,35 +131,46 @@ def record_during_training(taskset: TaskSet, ctx: RelateContext, probe: Probe, e
         model.train(was_training)
         count += 1
 
-    fit(taskset, ctx.model, ctx.model_config, ctx.train_config, on_step=on_step,
-        progress=ctx.progress)
-    return (total / max(count, 1)).numpy(), count
+    result = fit(taskset, ctx.model, ctx.model_config, train_config or ctx.train_config,
+                 on_step=on_step, progress=ctx.progress)
+    return (total / max(count, 1)).numpy(), count, result
 
 
-def _context_meta(ctx: RelateContext) -> dict[str, Any]:
-    return {"model": ctx.model, "model_config": dict(ctx.model_config),
-            "train_config": ctx.train_config.model_dump()}
+def _train_config(ctx: RelateContext, override: TrainConfig | Mapping[str, Any] | None,
+                  ) -> TrainConfig:
+    if override is None:
+        return ctx.train_config
+    return override if isinstance(override, TrainConfig) else TrainConfig(**override)
 
 
-def gradient_cosine(taskset: TaskSet, ctx: RelateContext, every: int = 5) -> Relatedness:
+def gradient_cosine(taskset: TaskSet, ctx: RelateContext, every: int = 5,
+                    train_config: TrainConfig | Mapping[str, Any] | None = None,
+                    ) -> Relatedness:
     """Task-gradient cosine similarity on the shared parameters, averaged over training.
 
     Args:
         taskset: the tasks (``T`` of them).
         ctx: the model to train (must have shared parameters) and how to train it.
         every: record every ``every``-th optimiser step.
+        train_config: how to train while recording (default ``ctx.train_config``); the
+            method is defined on stochastic first-order training, so a mini-batch config
+            suits it even when ``ctx`` trains with full-batch L-BFGS.
 
     Returns:
         A ``(T, T)`` symmetric :class:`Relatedness` in [-1, 1] with diagonal 1.
     """
-    matrix, count = record_during_training(taskset, ctx, gradient_cosine_step, every)
+    cfg = _train_config(ctx, train_config)
+    matrix, count, _ = record_during_training(taskset, ctx, gradient_cosine_step, every, cfg)
     return Relatedness(matrix, taskset.names, "gradient",
-                       meta={"units": "cosine of shared-parameter gradients",
-                             "every": every, "recorded_steps": count, **_context_meta(ctx)})
+                       meta={"units": "cosine of shared-parameter gradients", "every": every,
+                             "recorded_steps": count, "model": ctx.model,
+                             "train_config": cfg.model_dump()})
 
 
 def lookahead_affinity(taskset: TaskSet, ctx: RelateContext, every: int = 5,
-                       lr: float | None = None) -> Relatedness:
+                       lr: float | None = None,
+                       train_config: TrainConfig | Mapping[str, Any] | None = None,
+                       ) -> Relatedness:
     """Lookahead inter-task affinity, averaged over training.
 
     Args:
@@ -164,19 +178,22 @@ def lookahead_affinity(taskset: TaskSet, ctx: RelateContext, every: int = 5,
         ctx: the model to train (must have shared parameters) and how to train it.
         every: record every ``every``-th optimiser step.
         lr: size of the lookahead SGD step on the shared parameters (default: the
-            training learning rate ``ctx.train_config.lr``).
+            training learning rate).
+        train_config: how to train while recording (default ``ctx.train_config``; see
+            :func:`gradient_cosine`).
 
     Returns:
         A ``(T, T)`` :class:`Relatedness`: ``[i, j]`` is the mean relative drop of task
         i's batch loss after one step on task j (a fraction; rows = targets).
     """
-    step = ctx.train_config.lr if lr is None else lr
+    cfg = _train_config(ctx, train_config)
+    step = cfg.lr if lr is None else lr
     if step <= 0:
         raise ConfigError(f"lookahead lr must be > 0, got {step}")
-    matrix, count = record_during_training(
+    matrix, count, _ = record_during_training(
         taskset, ctx, lambda model, batches: lookahead_affinity_step(model, batches, step),
-        every)
+        every, cfg)
     return Relatedness(matrix, taskset.names, "affinity",
                        meta={"units": "relative drop of the target's batch loss",
                              "every": every, "lr": step, "recorded_steps": count,
-                             **_context_meta(ctx)})
+                             "model": ctx.model, "train_config": cfg.model_dump()})

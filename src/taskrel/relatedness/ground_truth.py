@@ -187,7 +187,7 @@ class Retrainer:
             self.spec: DataSpec = cfg.model_dump()
         else:
             if ctx.cache_dir is not None:
-                where = Path(ctx.cache_dir) / "tasksets"
+                where = Path(ctx.cache_dir).resolve() / "tasksets"
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="taskrel-")
                 where = Path(self._tmp.name)

@@ -303,12 +303,22 @@ class Solver(ABC):
     def __init__(self, damping: Damping = "auto") -> None:
         self.damping = damping
 
-    def solve(self, op: SymmetricOperator, rhs: Tensor) -> tuple[Tensor, SolveReport]:
-        """Solutions ``(p, k)`` and a :class:`SolveReport`; warns when the Hessian is not
-        positive definite."""
-        lo, hi = op.extreme_eigenvalues()
+    def solve(self, op: SymmetricOperator, rhs: Tensor, diagnose: bool = True,
+              ) -> tuple[Tensor, SolveReport]:
+        """Solutions ``(p, k)`` and a :class:`SolveReport`.
+
+        With ``diagnose`` (default) the extreme eigenvalues are estimated, ``"auto"``
+        damping resolved, the residual measured, and a :class:`NotPositiveDefiniteWarning`
+        issued when the Hessian is not positive definite. ``diagnose=False`` (repeated
+        solves with a numeric damping) skips the estimates the solver does not need."""
+        if diagnose or self.damping == "auto" or self.needs_spectrum:
+            lo, hi = op.extreme_eigenvalues()
+        else:
+            lo = hi = math.nan
         damping = resolve_damping(self.damping, lo, hi)
         x, report = self._solve(op, rhs, damping, lo, hi)
+        if not diagnose:
+            return x, report
         residual = op.matvec(x) + damping * x - rhs
         scale = rhs.norm(dim=0).clamp(min=1e-300)
         report.rel_residual = float((residual.norm(dim=0) / scale).max()) if rhs.numel() else 0.0
@@ -320,6 +330,11 @@ class Solver(ABC):
                 NotPositiveDefiniteWarning, stacklevel=2)
             report.notes.append("Hessian not positive definite")
         return x, report
+
+    @property
+    def needs_spectrum(self) -> bool:
+        """Whether :meth:`_solve` needs the eigenvalue estimates."""
+        return False
 
     @abstractmethod
     def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
@@ -407,6 +422,10 @@ class LissaSolver(Solver):
         self.scale = scale
         self.tol = tol
         self.max_iter = max_iter
+
+    @property
+    def needs_spectrum(self) -> bool:
+        return self.scale is None
 
     def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
                hi: float) -> tuple[Tensor, SolveReport]:

@@ -265,15 +265,16 @@ class Structure(ABC):
     @cached_property
     def local_hessians(self) -> list[tuple[Tensor, Tensor]]:
         """Per task ``(D_t, P_t)``: Hessians of ``G_t`` and of the penalty over the task's
-        local coordinates, each ``(p_local, p_local)``."""
+        local coordinates, each ``(p_local, p_local)``. One batched Hessian-vector product
+        per task (all local directions at once), one for the penalty."""
         fns = self.fns
+        penalty = HessianOperator(fns.penalty, fns.theta, chunk_size=512).dense()
         out = []
         for t in range(self.n_tasks):
             coords = self.local_coords(t)
-            x0 = fns.theta[coords]
-            data = HessianOperator(fns.restrict(lambda th, t=t: fns.mean_loss(th, t), coords), x0)
-            pen = HessianOperator(fns.restrict(fns.penalty, coords), x0)
-            out.append((data.dense(), pen.dense()))
+            fn = fns.restrict(lambda th, t=t: fns.mean_loss(th, t), coords)
+            data = HessianOperator(fn, fns.theta[coords], chunk_size=512).dense()
+            out.append((data, penalty[coords][:, coords]))
         return out
 
     @abstractmethod
@@ -470,7 +471,8 @@ class MTIF:
         base = torch.stack([fns.mean_loss(fns.theta, i, "test") for i in range(self.n_tasks)])
         out = np.zeros((self.n_tasks, self.n_tasks))
         for j in range(self.n_tasks):
-            step, _ = solver.solve(self.operator(without=j), self.train_gradients[:, j : j + 1])
+            step, _ = solver.solve(self.operator(without=j), self.train_gradients[:, j : j + 1],
+                                   diagnose=False)
             theta = fns.theta + step[:, 0]
             moved = torch.stack([fns.mean_loss(theta, i, "test") for i in range(self.n_tasks)])
             out[:, j] = (moved - base).detach().numpy()
@@ -536,7 +538,7 @@ class MTIF:
             rhs[coords, col : col + len(g)] = g.T
             col += len(g)
         solver = self.solver.with_damping(self.report.damping)
-        v, _ = solver.solve(self.operator(), rhs)
+        v, _ = solver.solve(self.operator(), rhs, diagnose=False)
         scores = torch.cat([self._train_scores(j, v) for j in range(self.n_tasks)])
         test_rows = self.taskset.tasks[target].test_idx[pick]
         return scores.numpy(), test_rows

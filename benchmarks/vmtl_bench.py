@@ -1,0 +1,497 @@
+"""VMTL benchmarks against STL, hard sharing, soft sharing and the Bayesian no-mixing variant.
+
+Sub-commands (each prints markdown tables and, with ``--out FILE.json``, writes every figure):
+
+- ``office-caltech``: Office-Caltech-10 (SURF, 4 tasks) at 5/10/20% training: per-task and
+  average test accuracy;
+- ``digits``: rotated digits, 10-class recognition (one task per angle) at small training
+  fractions, and angle regression (one task per digit class);
+- ``school``: 139 regression tasks at 10/20/30% training: explained variance and RMSE;
+- ``alpha``: learned mixing weights vs the synthetic ground-truth similarity (Spearman over
+  the off-diagonal entries, mass on the own cluster).
+
+Protocol: for every (split, seed) a validation set is carved out of the *training fraction*
+(``--val-frac`` of each task's training rows; the test rows are never touched). For every
+method each learning rate of a small grid is trained for a fixed number of epochs; the
+trainer keeps the epoch with the best validation loss and the grid point with the best
+validation score (accuracy; minus MSE for regression) is reported on test. Regression targets
+are standardised with the pooled training mean/std (RMSE is reported in original units).
+Timings are wall seconds of one training run, on a shared machine (noisy): compare them as
+ratios within one run. Every process uses one torch thread.
+
+Usage::
+
+    python benchmarks/vmtl_bench.py office-caltech --quick --out oc.json
+    python benchmarks/vmtl_bench.py office-caltech --seeds 5 --out oc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VAL_NOTE = (
+    "Model selection (epoch and learning rate) on a validation "
+    "split carved from the training fraction; test data never used for selection."
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A table row: a registered model, its options and the selection grid (learning
+    rates x option overrides)."""
+
+    label: str
+    model: str
+    options: dict[str, Any]
+    lrs: tuple[float, ...]
+    grid: tuple[dict[str, Any], ...] = ({},)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: dataset + split fraction + seed + method + learning rate."""
+
+    data: str
+    data_options: dict[str, Any]
+    frac: float
+    seed: int
+    method: Method
+    lr: float
+    overrides: dict[str, Any]
+    epochs: int
+    val_frac: float
+    batch_size: int = 32
+    features: str = "none"  # "none" or "pooled" feature standardisation
+
+
+@dataclass
+class Outcome:
+    job: Job
+    val_score: float
+    test: dict[str, dict[str, float]]
+    seconds: float
+    best_epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def carve_validation(taskset: Any, frac: float, seed: int) -> Any:
+    """Move a random ``frac`` of each task's training rows (at least one when ``frac > 0``
+    and the task has three or more) into its validation split; test rows are untouched."""
+    tasks = []
+    for i, task in enumerate(taskset.tasks):
+        rng = np.random.default_rng([seed, i, 17])
+        order = rng.permutation(task.train_idx)
+        n_val = max(1, round(frac * len(order))) if frac > 0 and len(order) >= 3 else 0
+        tasks.append(
+            replace(task, train_idx=np.sort(order[n_val:]), val_idx=np.sort(order[:n_val]))
+        )
+    return taskset.with_tasks(tasks)
+
+
+def standardize_targets(taskset: Any) -> tuple[Any, float, float]:
+    """Regression targets mapped by ``(y - m) / s`` with the pooled training mean/std."""
+    ys = np.concatenate([t.y[t.train_idx] for t in taskset.tasks])
+    m, s = float(ys.mean()), float(ys.std()) or 1.0
+    tasks = [replace(t, y=((t.y - m) / s).astype(np.float32)) for t in taskset.tasks]
+    return taskset.with_tasks(tasks), m, s
+
+
+def prepare(job: Job) -> tuple[Any, float]:
+    """The job's task set (split, validation carved, standardised) and the target scale."""
+    from taskrel.data import load
+
+    ts = load(job.data, train=job.frac, seed=job.seed, **job.data_options)
+    ts = carve_validation(ts, job.val_frac, job.seed)
+    if job.features == "pooled":
+        ts = ts.standardize("pooled")
+    scale = 1.0
+    if ts.tasks[0].kind == "regression":
+        ts, _, scale = standardize_targets(ts)
+    return ts, scale
+
+
+def run_job(job: Job) -> Outcome:
+    """Train and evaluate one job (in a worker process, one torch thread)."""
+    import torch
+
+    from taskrel.training.metrics import evaluate, summarize
+    from taskrel.training.trainer import fit
+
+    torch.set_num_threads(1)
+    ts, scale = prepare(job)
+    start = time.perf_counter()
+    result = fit(
+        ts,
+        job.method.model,
+        {**job.method.options, **job.overrides},
+        {
+            "epochs": job.epochs,
+            "lr": job.lr,
+            "patience": None,
+            "seed": job.seed,
+            "batch_size": job.batch_size,
+        },
+    )
+    seconds = time.perf_counter() - start
+    val, test = evaluate(result.model, ts, "val"), evaluate(result.model, ts, "test")
+    regression = ts.tasks[0].kind == "regression"
+    if regression:
+        for metrics in test.values():
+            metrics["rmse"] *= scale
+            metrics["mse"] *= scale**2
+    extra: dict[str, Any] = {}
+    if job.method.model == "vmtl" and result.model.active_components():  # type: ignore[attr-defined]
+        for comp in result.model.active_components():  # type: ignore[attr-defined]
+            extra[f"alpha_{comp}"] = result.model.relatedness(ts, comp).matrix.tolist()  # type: ignore[attr-defined]
+    # regression: -MSE (a per-task explained variance on a handful of rows is noise)
+    vs = summarize(val) if val else {"loss": math.nan, "accuracy": math.nan}  # no val split
+    score = -vs["loss"] if regression else vs["accuracy"]
+    return Outcome(job, score, test, seconds, result.best_epoch, extra)
+
+
+def run_all(jobs: Sequence[Job], workers: int) -> list[Outcome]:
+    if workers <= 1:
+        return [run_job(j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(run_job, jobs))
+
+
+def select(outcomes: Sequence[Outcome]) -> dict[tuple[str, float, int], Outcome]:
+    """Per (method, split, seed): the learning rate with the best validation score."""
+    best: dict[tuple[str, float, int], Outcome] = {}
+    for o in outcomes:
+        k = (o.job.method.label, o.job.frac, o.job.seed)
+        if k not in best or o.val_score > best[k].val_score:
+            best[k] = o
+    return best
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def fmt(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
+
+
+def summarise(
+    outcomes: Sequence[Outcome],
+    methods: Sequence[Method],
+    fracs: Sequence[float],
+    metric: str,
+    scale: float,
+    digits: int,
+    title: str,
+) -> dict[str, Any]:
+    """Print per-split markdown tables (per task and average of ``metric``) and return
+    every figure."""
+    best = select(outcomes)
+    report: dict[str, Any] = {"metric": metric, "selection": VAL_NOTE, "splits": {}}
+    for frac in fracs:
+        chosen = {
+            m.label: [o for (lab, f, _), o in best.items() if lab == m.label and f == frac]
+            for m in methods
+        }
+        tasks = list(next(iter(chosen.values()))[0].test)
+        many = len(tasks) > 12
+        head = ["method", *([] if many else tasks), f"average {metric}", "train s/run"]
+        if metric == "explained_variance":
+            head.insert(-1, "average RMSE")
+        print(f"\n### {title}, {frac:.0%} training ({len(chosen[methods[0].label])} seeds)\n")
+        print(f"_{VAL_NOTE}_\n")
+        print("| " + " | ".join(head) + " |")
+        print("|---" * len(head) + "|")
+        rows: dict[str, Any] = {}
+        for m in methods:
+            runs = sorted(chosen[m.label], key=lambda o: o.job.seed)
+            per_task = {t: mean_std([o.test[t][metric] for o in runs]) for t in tasks}
+            avg = mean_std([np.mean([o.test[t][metric] for t in tasks]) for o in runs])
+            secs = mean_std([o.seconds for o in runs])
+            row: dict[str, Any] = {
+                "per_task_mean_std": per_task,
+                "average_mean_std": avg,
+                "average_per_seed": [
+                    float(np.mean([o.test[t][metric] for t in tasks])) for o in runs
+                ],
+                "seeds": [o.job.seed for o in runs],
+                "chosen_lr": [o.job.lr for o in runs],
+                "chosen_overrides": [o.job.overrides for o in runs],
+                "val_score": [o.val_score for o in runs],
+                "best_epoch": [o.best_epoch for o in runs],
+                "train_seconds_mean_std": secs,
+            }
+            cells = [
+                m.label,
+                *([] if many else [fmt(per_task[t], scale, digits) for t in tasks]),
+                fmt(avg, scale, digits),
+            ]
+            if metric == "explained_variance":
+                rmse = mean_std([np.mean([o.test[t]["rmse"] for t in tasks]) for o in runs])
+                row["average_rmse_mean_std"] = rmse
+                cells.append(fmt(rmse, 1.0, 3))
+            cells.append(f"{secs[0]:.1f}")
+            print("| " + " | ".join(cells) + " |")
+            if runs and runs[0].extra:
+                row["alpha"] = {
+                    k: np.mean([o.extra[k] for o in runs], axis=0).tolist() for k in runs[0].extra
+                }
+            rows[m.label] = row
+        report["splits"][f"{frac:g}"] = rows
+    return report
+
+
+def methods_for(
+    dropout: float, latent: int, hidden: int, vmtl_extra: dict[str, Any], lrs: tuple[float, ...]
+) -> list[Method]:
+    """The compared methods; every baseline sees the same dropout and width."""
+    base = {"hidden": [hidden], "dropout": dropout}
+    vm = {"latent": latent, "dropout": dropout, **vmtl_extra}
+    return [
+        Method("STL", "stl", base, lrs),
+        Method("hard sharing", "hard", base, lrs),
+        Method("soft sharing", "soft", base, lrs),
+        Method("Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs),
+        Method("VMTL (moment prior, default)", "vmtl", vm, lrs),
+        Method("VMTL (bound prior)", "vmtl", {**vm, "prior_form": "bound"}, lrs),
+    ]
+
+
+def benchmark(
+    args: argparse.Namespace,
+    data: str,
+    data_options: dict[str, Any],
+    fracs: Sequence[float],
+    methods: Sequence[Method],
+    metric: str,
+    title: str,
+    features: str = "none",
+) -> dict[str, Any]:
+    jobs = [
+        Job(data, data_options, f, s, m, lr, g, args.epochs, args.val_frac, features=features)
+        for f in fracs
+        for s in range(args.seeds)
+        for m in methods
+        for lr in m.lrs
+        for g in m.grid
+    ]
+    start = time.perf_counter()
+    outcomes = run_all(jobs, args.workers)
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 3)
+    report = summarise(outcomes, methods, fracs, metric, scale, digits, title)
+    report.update(
+        dataset=data,
+        data_options=data_options,
+        epochs=args.epochs,
+        val_frac=args.val_frac,
+        n_jobs=len(jobs),
+        wall_seconds=time.perf_counter() - start,
+        methods={
+            m.label: {"model": m.model, "options": m.options, "lrs": m.lrs, "grid": m.grid}
+            for m in methods
+        },
+    )
+    return report
+
+
+def cmd_office_caltech(args: argparse.Namespace) -> dict[str, Any]:
+    fracs = [0.1] if args.quick else [0.05, 0.1, 0.2]
+    methods = methods_for(0.5, 128, 128, {}, (1e-3,) if args.quick else (1e-3, 1e-2))
+    return {
+        "office-caltech": benchmark(
+            args,
+            "office-caltech",
+            {},
+            fracs,
+            methods,
+            "accuracy",
+            "Office-Caltech-10 (SURF), test accuracy %",
+        )
+    }
+
+
+def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
+    lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
+    fracs = [0.1] if args.quick else [0.05, 0.1]
+    opts = {"n_per_task": 150} if args.quick else {}
+    cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
+    reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
+    return {
+        "rotated-digits": benchmark(
+            args,
+            "rotated-digits",
+            opts,
+            fracs,
+            cls,
+            "accuracy",
+            "Rotated digits (6 angles), test accuracy %",
+        ),
+        "rotated-digits-angle": benchmark(
+            args,
+            "rotated-digits-angle",
+            opts,
+            fracs,
+            reg,
+            "explained_variance",
+            "Rotated digits angle regression, explained variance",
+        ),
+    }
+
+
+def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
+    """All 139 schools. Linear models throughout: STL = one linear regression per school,
+    hard sharing = the classic ``y = x (w + v_t)``, soft sharing = coupled per-school
+    regressions, VMTL with a linear encoder and the mixture prior on the heads only
+    (``prior='w'``: the z-prior's anchors over 138 source tasks cost ~6x the run time)."""
+    lrs = (1e-2,)
+    fracs = [0.2] if args.quick else [0.1, 0.2, 0.3]
+    opts = {"n_tasks": 30} if args.quick else {}
+    base = {"hidden": [], "l2": 1e-2}
+    vm = {"latent": 16, "dropout": 0.0}
+    methods = [
+        Method("STL (linear)", "stl", base, lrs),
+        Method(
+            "hard sharing (linear, shared + task head)", "hard", {**base, "shared_head": True}, lrs
+        ),
+        Method("soft sharing (linear)", "soft", base, lrs),
+        Method("Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs),
+        Method("VMTL (moment prior on w)", "vmtl", {**vm, "prior": "w"}, lrs),
+        Method("VMTL (bound prior on w)", "vmtl", {**vm, "prior": "w", "prior_form": "bound"}, lrs),
+    ]
+    return {
+        "school": benchmark(
+            args,
+            "school",
+            opts,
+            fracs,
+            methods,
+            "explained_variance",
+            "School, explained variance",
+            features="pooled",
+        )
+    }
+
+
+def cmd_alpha(args: argparse.Namespace) -> dict[str, Any]:
+    """Learned alpha vs the synthetic ground truth, per prior form and component.
+
+    No validation split and no selection: alpha is read after the last epoch (early
+    stopping can restore an epoch from before the mixture priors switch on)."""
+    from taskrel.data import load
+    from taskrel.relatedness import agreement
+
+    epochs = args.epochs
+    forms = ["moment", "bound", "mixture"]
+    jobs = [
+        Job(
+            "synthetic",
+            {"val": 0},
+            0.3,
+            s,
+            Method(f, "vmtl", {"latent": 32, "prior_form": f}, (1e-2,)),
+            1e-2,
+            {},
+            epochs,
+            val_frac=0.0,  # no validation: alpha is read after the last epoch
+        )
+        for s in range(args.seeds)
+        for f in forms
+    ]
+    outcomes = run_all(jobs, args.workers)
+    print("\n### Learned VMTL mixing weights vs synthetic ground-truth similarity\n")
+    print(
+        "_8 tasks: 2 clusters of 3, 1 unrelated, 1 adversarial; 30% training. No model "
+        "selection: alpha after the last epoch; test never used. Spearman over the 56 "
+        "off-diagonal entries; own-cluster mass = mean "
+        "over the 6 cluster tasks of the alpha mass on the 2 other tasks of its cluster "
+        "(uniform weights: 2/7 = 0.286)._\n"
+    )
+    print("| prior form | component | Spearman (mean ± std) | own-cluster mass | seeds |")
+    print("|---|---|---|---|---|")
+    report: dict[str, Any] = {"selection": "none: alpha after the last epoch", "forms": {}}
+    for f in forms:
+        runs = [o for o in outcomes if o.job.method.label == f]
+        report["forms"][f] = {}
+        for comp in ("w", "z"):
+            rhos, masses = [], []
+            for o in runs:
+                sim = np.asarray(load("synthetic", seed=o.job.seed).meta["similarity"])
+                alpha = np.asarray(o.extra[f"alpha_{comp}"])
+                rhos.append(agreement(alpha, sim))
+                groups = np.arange(8) // 3
+                own = (groups[:, None] == groups[None, :]) & ~np.eye(8, dtype=bool)
+                masses.append(float(np.nansum(np.where(own, alpha, 0.0)[:6], 1).mean()))
+            rho, mass = mean_std(rhos), mean_std(masses)
+            report["forms"][f][comp] = {
+                "spearman_mean_std": rho,
+                "spearman_per_seed": rhos,
+                "own_cluster_mass_mean_std": mass,
+                "test_accuracy_per_seed": [
+                    float(np.mean([m["accuracy"] for m in o.test.values()])) for o in runs
+                ],
+            }
+            print(f"| {f} | {comp} | {fmt(rho, 1.0, 3)} | {fmt(mass, 1.0, 3)} | {len(runs)} |")
+    return {"alpha": report}
+
+
+COMMANDS = {
+    "office-caltech": cmd_office_caltech,
+    "digits": cmd_digits,
+    "school": cmd_school,
+    "alpha": cmd_alpha,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=[*COMMANDS, "all"])
+    parser.add_argument("--quick", action="store_true", help="one split, fewer seeds (< 60 s)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5; quick 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 100; quick 40)")
+    parser.add_argument(
+        "--val-frac",
+        type=float,
+        default=0.2,
+        help="fraction of each task's training rows used for validation",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes")
+    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds or (1 if args.quick else 5)
+    args.epochs = args.epochs or (40 if args.quick else 100)
+    start = time.perf_counter()
+    names = list(COMMANDS) if args.command == "all" else [args.command]
+    report: dict[str, Any] = {
+        "command": args.command,
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+    }
+    for name in names:
+        report.update(COMMANDS[name](args))
+    report["total_wall_seconds"] = time.perf_counter() - start
+    print(f"\ntotal wall time {report['total_wall_seconds']:.1f} s")
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))
+
+
+if __name__ == "__main__":
+    main()

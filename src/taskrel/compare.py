@@ -1,0 +1,263 @@
+"""Several relatedness methods on the same tasks, next to a ground truth.
+
+:func:`compare` runs each requested method through :func:`taskrel.relatedness.relate`,
+skips (with the reason) the methods that do not apply to the data or are not installed,
+trains the context's model once for its per-task test metrics, and returns a
+:class:`Comparison`. Its agreement table scores every method against the reference
+(leave-one-task-out retraining, ``ground-truth``) on the off-diagonal entries (cross-task
+transfer) and on the diagonal (a task's own data) separately, and against the generating
+structure ``taskset.meta['similarity']`` when the data has one (synthetic tasks).
+
+Run folders: :meth:`Comparison.save` writes one ``relatedness/METHOD.json`` per method,
+``comparison.json`` (the deterministic part: config, metrics, skipped methods, structure,
+agreement without the time columns) and ``timings.json`` (durations: the Relatedness
+meta entries whose key ends in ``_s`` live there, so the result files are byte-identical
+across runs on CPU); :meth:`Comparison.load` reads them back for ``taskrel report``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taskrel.data.taskset import TaskSet
+from taskrel.errors import ConfigError, RunDirError, TaskrelError
+from taskrel.relatedness import RelateContext, method_function, relate
+from taskrel.relatedness.agreement import agreement
+from taskrel.relatedness.result import Relatedness
+from taskrel.runs import write_json
+from taskrel.training.metrics import evaluate
+from taskrel.training.trainer import fit
+
+REFERENCE = "ground-truth"
+COMPARISON_FILE = "comparison.json"
+TIMINGS_FILE = "timings.json"
+RELATEDNESS_DIR = "relatedness"
+TIME_COLUMNS = ("wall_time_s", "time_ratio")
+
+
+@dataclass
+class Comparison:
+    """Relatedness matrices of several methods on one task set.
+
+    Attributes:
+        task_names: the ``T`` tasks, in matrix order.
+        results: method name -> its :class:`Relatedness`, in the requested order.
+        skipped: method name -> why it was not computed.
+        metrics: task -> test metrics of ``ctx.model`` trained on all tasks.
+        structure: the generating ``(T, T)`` task similarity, if the data has one.
+        config: data, methods, options and the context's model and training settings.
+        timings: durations per method (``wall_time_s`` and the method's own breakdown,
+            in seconds) and ``metrics_model`` (``train_s``).
+        reference: the method whose matrix is the ground truth (``ground-truth``).
+    """
+
+    task_names: list[str]
+    results: dict[str, Relatedness]
+    skipped: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    structure: np.ndarray | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference: str = REFERENCE
+
+    def agreement_table(self) -> list[dict[str, Any]]:
+        """One row per computed method: ``method``, ``wall_time_s``, ``time_ratio`` (to
+        the reference's wall time), Spearman and Pearson with the reference on the
+        off-diagonal (``spearman_off``, ``pearson_off``), Spearman on the diagonal
+        (``spearman_diag``) and Spearman with the known structure off the diagonal
+        (``structure_spearman_off``). Missing comparisons are NaN."""
+        ref = self.results.get(self.reference)
+        ref_time = self.wall_time(self.reference)
+        rows = []
+        for name, rel in self.results.items():
+            row: dict[str, Any] = {"method": name, "wall_time_s": self.wall_time(name)}
+            row["time_ratio"] = row["wall_time_s"] / ref_time if ref_time else math.nan
+            for key, part, corr in (("spearman_off", "off", "spearman"),
+                                    ("pearson_off", "off", "pearson"),
+                                    ("spearman_diag", "diag", "spearman")):
+                row[key] = agreement(rel, ref, part, corr) if ref is not None else math.nan
+            row["structure_spearman_off"] = (agreement(rel, self.structure, "off")
+                                             if self.structure is not None else math.nan)
+            rows.append(row)
+        return rows
+
+    def wall_time(self, method: str) -> float:
+        """Wall time of ``method`` in seconds (NaN if unknown)."""
+        return float(self.timings.get(method, {}).get("wall_time_s", math.nan))
+
+    def to_markdown(self, digits: int = 3) -> str:
+        """The agreement table in markdown (vs the reference and the known structure)."""
+        head = ("| method | wall time (s) | time / ground truth | Spearman off-diag | "
+                "Pearson off-diag | Spearman diag | Spearman vs structure |")
+        lines = [head, "|---" * 7 + "|"]
+        for r in self.agreement_table():
+            values = [r["wall_time_s"], r["time_ratio"], r["spearman_off"], r["pearson_off"],
+                      r["spearman_diag"], r["structure_spearman_off"]]
+            lines.append(f"| {r['method']} | " + " | ".join(_fmt(v, digits) for v in values)
+                         + " |")
+        lines += [f"| {m} | skipped: {why} |" + " |" * 5 for m, why in self.skipped.items()]
+        return "\n".join(lines)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> Path:
+        """Write the comparison into ``run_dir`` (see the module docstring); returns the
+        path of ``comparison.json``."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name, rel in self.results.items():
+            save_result(rel, run_dir, name)
+        doc = {"task_names": self.task_names, "methods": list(self.results),
+               "skipped": self.skipped, "metrics": self.metrics, "config": self.config,
+               "reference": self.reference,
+               "structure": None if self.structure is None else self.structure.tolist(),
+               "agreement": [{k: v for k, v in row.items() if k not in TIME_COLUMNS}
+                             for row in self.agreement_table()]}
+        write_json(run_dir / TIMINGS_FILE, self.timings, overwrite=True)
+        return write_json(run_dir / COMPARISON_FILE, doc, overwrite=True)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Comparison:
+        """Read a comparison written by :meth:`save`.
+
+        Raises:
+            RunDirError: ``run_dir`` holds no comparison, or a file is malformed.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / COMPARISON_FILE
+        try:
+            doc = json.loads(path.read_text())
+            timings = json.loads((run_dir / TIMINGS_FILE).read_text())
+        except FileNotFoundError as err:
+            raise RunDirError(f"{run_dir}: no {Path(err.filename).name}; not a "
+                              "'taskrel compare' run folder") from None
+        except ValueError as err:
+            raise RunDirError(f"{path}: malformed comparison file ({err})") from None
+        results = {m: Relatedness.load(run_dir / RELATEDNESS_DIR / m) for m in doc["methods"]}
+        structure = doc.get("structure")
+        return cls(doc["task_names"], results, doc.get("skipped", {}), doc.get("metrics", {}),
+                   None if structure is None else np.asarray(structure, dtype=np.float64),
+                   doc.get("config", {}), timings, doc.get("reference", REFERENCE))
+
+
+def durations(rel: Relatedness) -> dict[str, Any]:
+    """The meta entries of ``rel`` that are durations (keys ending in ``_s``, seconds)."""
+    return {k: v for k, v in rel.meta.items() if k.endswith("_s")}
+
+
+def save_result(rel: Relatedness, run_dir: str | Path, name: str) -> Path:
+    """Save ``rel`` as ``run_dir/relatedness/NAME.json`` without its :func:`durations`
+    (they vary from run to run; ``timings.json`` holds them). Returns the JSON path."""
+    kept = {k: v for k, v in rel.meta.items() if k not in durations(rel)}
+    return Relatedness(rel.matrix, rel.task_names, rel.method, rel.instance_scores,
+                       rel.instance_ids, kept).save(Path(run_dir) / RELATEDNESS_DIR / name)
+
+
+def _silent(line: str) -> None:
+    """The default log: say nothing."""
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}g}"
+
+
+def check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
+                  ) -> dict[str, str]:
+    """Check the request before anything runs; returns the methods whose module is not
+    installed (or not written yet), with the reason.
+
+    Raises:
+        ConfigError: no or repeated methods, an unknown method name, options for a method
+            not requested, options that are not JSON-like, or an option the method's
+            function does not accept.
+    """
+    if not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"methods must be a non-empty list without repeats, got {methods}")
+    extra = sorted(set(options) - set(methods))
+    if extra:
+        raise ConfigError(f"options given for methods not requested: {', '.join(extra)}")
+    try:
+        json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method options must be JSON-like (numbers, strings, lists, "
+                          f"dicts): {err}") from None
+    unavailable = {}
+    for name in methods:
+        try:
+            fn = method_function(name)
+        except (ImportError, AttributeError) as err:
+            unavailable[name] = f"not available in this installation ({err})"
+            continue
+        try:
+            inspect.signature(fn).bind(None, None, **dict(options.get(name, {})))
+        except TypeError as err:
+            raise ConfigError(f"method {name!r}: {err}") from None
+    return unavailable
+
+
+def compare(taskset: TaskSet, methods: Sequence[str], ctx: RelateContext | None = None,
+            options: Mapping[str, Mapping[str, Any]] | None = None,
+            reference: str = REFERENCE, log: Callable[[str], None] | None = None,
+            ) -> Comparison:
+    """Compute several relatedness methods on ``taskset`` and compare them.
+
+    Args:
+        taskset: the tasks; ``meta['similarity']`` (if present) is the known structure.
+        methods: registry names (see :data:`taskrel.relatedness.METHODS`), e.g.
+            ``["mtif", "gradient", "affinity", "ground-truth"]``.
+        ctx: the model, training, executor and cache every method uses.
+        options: per-method keyword options (JSON-like), e.g.
+            ``{"gradient": {"every": 2}}``.
+        reference: the method treated as ground truth in the agreement table.
+        log: called with one line per step (e.g. ``print``).
+
+    Returns:
+        A :class:`Comparison`. Methods that raise a :class:`~taskrel.errors.TaskrelError`
+        (not applicable to these data, e.g. a classification-only model on regression
+        tasks) or whose module is not installed are listed in ``skipped`` with the reason.
+
+    Raises:
+        ConfigError: an unknown method or option (see :func:`check_methods`; checked
+            before anything runs).
+    """
+    ctx = ctx or RelateContext()
+    options = dict(options or {})
+    skipped = check_methods(methods, options)
+    say = log or _silent
+    results: dict[str, Relatedness] = {}
+    timings: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        if name not in skipped:
+            say(f"relatedness: {name} ...")
+            try:
+                rel = relate(taskset, name, ctx, **options.get(name, {}))
+            except TaskrelError as err:
+                skipped[name] = f"not applicable: {err}"
+            else:
+                results[name] = rel
+                timings[name] = durations(rel)
+                say(f"  {name}: {rel.meta['wall_time_s']:.1f} s")
+                continue
+        say(f"  skipped {name}: {skipped[name]}")
+    say(f"training {ctx.model} on all tasks for per-task metrics ...")
+    start = time.perf_counter()
+    model = fit(taskset, ctx.model, ctx.model_config, ctx.train_config,
+                progress=ctx.progress).model
+    metrics = evaluate(model, taskset, "test")
+    timings["metrics_model"] = {"train_s": time.perf_counter() - start}
+    similarity = taskset.meta.get("similarity")
+    config = {"data": taskset.name, "n_tasks": len(taskset), "methods": list(methods),
+              "options": options, "model": ctx.model, "model_config": dict(ctx.model_config),
+              "train_config": ctx.train_config.model_dump(), "executor": ctx.executor.name}
+    return Comparison(taskset.names, results, skipped, metrics,
+                      None if similarity is None else np.asarray(similarity, dtype=np.float64),
+                      config, timings, reference)

@@ -1,0 +1,121 @@
+"""The joint SLU model (BiLSTM intent + slots), its metrics and `taskrel predict`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from taskrel.data import load
+from taskrel.data.taskset import PAD_TAG, TaskSet
+from taskrel.models import build_model
+from taskrel.models.slu import JointSLU, encode_sentence, slu_metrics, slu_scores
+from taskrel.training.trainer import TrainConfig, train
+
+TAGS = ("B-city", "I-city", "B-date", "O")
+
+
+@pytest.fixture(scope="module")
+def atis_small() -> TaskSet:
+    """300 ATIS training utterances, no validation split, the first 300 test utterances."""
+    ts = load("atis", n_train=300, seed=0)
+    return ts.with_tasks(
+        [
+            replace(t, val_idx=np.zeros(0, dtype=np.int64), test_idx=t.test_idx[:300])
+            for t in ts.tasks
+        ]
+    )
+
+
+def test_span_f1_counts_partial_spans_as_wrong() -> None:
+    gold = np.array([[0, 1, 3, PAD_TAG], [2, 3, 3, PAD_TAG]])
+    # row 0: the city span loses its I- token (a different span: wrong); row 1 correct.
+    pred = np.array([[0, 3, 3, 3], [2, 3, 3, 0]])
+    scores = slu_metrics(np.array([1, 1]), np.array([1, 1]), gold, pred, TAGS)
+    # gold spans {city(0:2), date(0:1)}, predicted {city(0:1), date(0:1)}: P = R = 1/2
+    assert scores["slot_f1"] == pytest.approx(0.5)
+    assert scores["overall_accuracy"] == pytest.approx(0.5)  # padding positions ignored
+
+
+def test_span_f1_wrong_type_and_extra_span() -> None:
+    gold = np.array([[0, 1, 3]])
+    pred = np.array([[0, 1, 2]])  # right city span plus a spurious date span
+    assert slu_metrics(np.array([0]), np.array([0]), gold, pred, TAGS)["slot_f1"] == (
+        pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))
+    )
+
+
+def test_overall_accuracy_needs_intent_and_every_tag() -> None:
+    gold_slots = np.array([[0, 1, PAD_TAG], [3, 3, PAD_TAG], [2, 3, 3]])
+    pred_slots = np.array([[0, 1, 2], [3, 3, 3], [2, 3, 2]])  # row 2: last tag wrong
+    scores = slu_metrics(np.array([0, 1, 2]), np.array([0, 2, 2]), gold_slots, pred_slots, TAGS)
+    assert scores["intent_accuracy"] == pytest.approx(2 / 3)
+    assert scores["overall_accuracy"] == pytest.approx(1 / 3)  # only row 0 fully right
+
+
+def test_outputs_do_not_depend_on_padding(atis_small: TaskSet) -> None:
+    torch.manual_seed(0)
+    model = JointSLU.from_taskset(
+        atis_small, {"embedding_dim": 16, "hidden": 8, "decoder_hidden": 8}
+    ).eval()
+    x = torch.as_tensor(atis_small.tasks[0].x[:6])
+    n = int((x[0] != 0).sum())
+    for task in (0, 1):
+        alone = model(x[:1, :n], task)
+        batched = model(x, task)[:1]
+        wide = model(torch.nn.functional.pad(x, (0, 7)), task)[:1]
+        if task == 1:
+            batched, wide = batched[:, :n], wide[:, :n]
+            assert model(x, 1).shape == (6, x.shape[1], atis_small.tasks[1].n_outputs)
+        torch.testing.assert_close(alone, batched, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alone, wide, rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_partition(atis_small: TaskSet) -> None:
+    model = build_model("slu", atis_small, {"embedding_dim": 8, "hidden": 4})
+    assert set(model.shared_parameters()) == {
+        n for n, _ in model.named_parameters() if n.startswith(("embedding.", "lstm."))
+    }
+    assert all(n.startswith(("attention", "intent_")) for n in model.task_parameter_names(0))
+    assert all(n.startswith("slot_") for n in model.task_parameter_names(1))
+
+
+def test_training_learns_intents_and_slots(atis_small: TaskSet) -> None:
+    torch.manual_seed(0)
+    model = JointSLU.from_taskset(
+        atis_small, {"embedding_dim": 64, "hidden": 64, "decoder_hidden": 64, "dropout": 0.1}
+    )
+    before = slu_scores(model, atis_small, "test")
+    train(model, atis_small, TrainConfig(epochs=12, lr=3e-3, batch_size=16, seed=0), progress=False)
+    after = slu_scores(model, atis_small, "test")
+    assert before["intent_accuracy"] < 0.3 and before["slot_f1"] < 0.1
+    assert after["intent_accuracy"] > 0.8 and after["slot_f1"] > 0.6
+    assert after["overall_accuracy"] > before["overall_accuracy"] + 0.2
+
+
+def test_encode_sentence_maps_unknown_words() -> None:
+    vocab = ["<pad>", "<unk>", "boston", "flights"]
+    assert encode_sentence("Flights to boston", vocab).tolist() == [[3, 1, 2]]
+
+
+def test_predict_command_tags_a_sentence(atis_small: TaskSet, tmp_path, capsys) -> None:
+    from taskrel.cli import main
+    from taskrel.config import RunConfig
+    from taskrel.experiment import run_training
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"name": "atis", "options": {"n_train": 100}},
+            "model": {"name": "slu", "embedding_dim": 8, "hidden": 8, "decoder_hidden": 8},
+            "train": {"epochs": 1, "batch_size": 50},
+        }
+    )
+    (tmp_path / "run").mkdir()
+    run_training(cfg, tmp_path / "run", progress=False)
+    status = main(["predict", str(tmp_path / "run"), "show me flights from boston to denver"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "intent" in out and "atis_" in out and "denver" in out
+    assert main(["predict", str(tmp_path / "nothing"), "hi"]) == 2
