@@ -17,7 +17,9 @@ first-order and task-removed Newton; instance level), then retrain for ground tr
 
 Convex model: hard sharing with ``hidden=[]``, ``shared_head=True``, L2 1e-2 (shared) and
 1e-1 (heads), L-BFGS to convergence in float64. MLP: hard sharing, one hidden layer,
-L-BFGS in float64 too (deterministic, so retraining differs only by the data). Everything
+L-BFGS in float64 too (deterministic, so retraining differs only by the data); its
+retrainings start from the trained model (warm start: the nearby local optimum, which is
+what influence functions predict), and one case repeats it with cold-start retraining. Everything
 runs single-threaded in one process; other jobs on the machine make absolute times noisy,
 ratios less so.
 
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from taskrel.relatedness import RelateContext
-from taskrel.relatedness.agreement import agreement, correlate
+from taskrel.relatedness.agreement import Correlation, agreement, correlate
 from taskrel.relatedness.ground_truth import (
     linear_datamodeling_score,
     load_data,
@@ -56,8 +58,15 @@ from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
 MLP = {"hidden": [16], "activation": "tanh", "l2": 1e-2, "l2_task": 1e-2}
-LBFGS = {"optimizer": "lbfgs", "lr": 1.0, "epochs": 1, "lbfgs_max_iter": 300,
-         "patience": None, "dtype": "float64"}
+LBFGS = {
+    "optimizer": "lbfgs",
+    "lr": 1.0,
+    "epochs": 1,
+    "lbfgs_max_iter": 300,
+    "patience": None,
+    "dtype": "float64",
+}
+CORRELATIONS: tuple[Correlation, ...] = ("spearman", "pearson")
 SYN = {"n_per_task": 200, "train": 0.3, "val": 0.0}
 
 
@@ -73,21 +82,29 @@ class Case:
     loo: int | None = None  # overrides --loo
     subsets: int | None = None  # overrides --subsets
     seeds: int | None = None  # at most this many seeds (expensive cases)
+    warm_start: bool = False  # retrain from the trained model (non-convex models)
     train: dict[str, Any] = field(default_factory=lambda: dict(LBFGS))
 
     def spec(self, seed: int) -> dict[str, Any]:
-        return {"name": self.data, "options": {**self.options, "seed": seed},
-                "standardize": self.standardize}
+        return {
+            "name": self.data,
+            "options": {**self.options, "seed": seed},
+            "standardize": self.standardize,
+        }
 
 
 CASES: dict[str, Case] = {
     "synthetic-regression / convex": Case("synthetic-regression", SYN, CONVEX),
     "synthetic / convex": Case("synthetic", SYN, CONVEX),
     "school (20) / convex": Case("school", {"n_tasks": 20, "train": 0.3}, CONVEX, "pooled"),
-    "office-caltech / convex": Case("office-caltech", {"train": 0.1}, CONVEX, "none",
-                                    solver="cg", loo=20, subsets=20, seeds=1),
-    "synthetic-regression / mlp": Case("synthetic-regression", SYN, MLP, loo=20, subsets=20),
-    "synthetic / mlp": Case("synthetic", SYN, MLP, loo=20, subsets=20),
+    "office-caltech / convex": Case(
+        "office-caltech", {"train": 0.1}, CONVEX, "none", solver="cg", loo=20, subsets=20, seeds=1
+    ),
+    "synthetic-regression / mlp": Case(
+        "synthetic-regression", SYN, MLP, loo=20, subsets=20, seeds=2, warm_start=True
+    ),
+    "synthetic / mlp": Case("synthetic", SYN, MLP, loo=20, subsets=20, seeds=2, warm_start=True),
+    "synthetic / mlp (cold retrain)": Case("synthetic", SYN, MLP, loo=20, subsets=20, seeds=1),
 }
 QUICK = ("synthetic / convex",)
 
@@ -124,52 +141,64 @@ def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, flo
     out["n_params"] = engine.fns.space.numel
 
     start = time.perf_counter()
-    loto = loto_relatedness(taskset, ctx).matrix
+    warm = model if case.warm_start else False
+    loto = loto_relatedness(taskset, ctx, warm_start=warm).matrix
     loto_s = time.perf_counter() - start
     out["retrain_s_per_model"] = loto_s / (n_tasks + 1)
     out["speedup_task_level"] = n_tasks * out["retrain_s_per_model"] / out["mtif_task_s"]
-    out["speedup_task_level_newton"] = n_tasks * out["retrain_s_per_model"] / (
-        out["mtif_task_s"] + out["mtif_newton_s"])
+    out["speedup_task_level_newton"] = (
+        n_tasks * out["retrain_s_per_model"] / (out["mtif_task_s"] + out["mtif_newton_s"])
+    )
     for name, pred in (("first_order", first), ("newton", newton)):
         for part in ("off", "diag"):
-            for method in ("spearman", "pearson"):
+            for method in CORRELATIONS:
                 out[f"loto_{name}_{part}_{method}"] = agreement(pred, loto, part, method)
 
     if n_loo:
         loo_ids = sample_train_ids(taskset, n_loo, seed)
-        actual = loo_effects(taskset, ctx, loo_ids).ravel()
+        actual = loo_effects(taskset, ctx, loo_ids, warm_start=warm).ravel()
         index = {tuple(i): n for n, i in enumerate(ids.tolist())}
         rows = [index[tuple(i)] for i in loo_ids.tolist()]
         for name, scores in (("fixed", fixed), ("renormalized", renorm)):
-            for method in ("pearson", "spearman"):
+            for method in CORRELATIONS:
                 out[f"loo_{name}_{method}"] = correlate(scores[rows].ravel(), actual, method)
         out["loo_slope_renormalized"] = float(
-            renorm[rows].ravel() @ actual / (renorm[rows].ravel() @ renorm[rows].ravel()))
-        out["speedup_instance_level"] = (len(ids) * out["retrain_s_per_model"]
-                                         / (out["mtif_task_s"] + out["mtif_instance_s"]))
+            renorm[rows].ravel() @ actual / (renorm[rows].ravel() @ renorm[rows].ravel())
+        )
+        out["speedup_instance_level"] = (
+            len(ids) * out["retrain_s_per_model"] / (out["mtif_task_s"] + out["mtif_instance_s"])
+        )
     if n_subsets:
         removed = random_subsets(taskset, n_subsets, 0.5, seed)
-        losses = subset_losses(taskset, ctx, removed)
-        out["lds_mean"] = float(np.nanmean(linear_datamodeling_score(fixed, ids, removed,
-                                                                     losses)))
+        losses = subset_losses(taskset, ctx, removed, warm_start=warm)
+        out["lds_mean"] = float(np.nanmean(linear_datamodeling_score(fixed, ids, removed, losses)))
     return out
 
 
 def summarize(values: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
     keys = [k for k in values[0] if all(k in v for v in values)]
-    return {k: {"mean": float(np.nanmean([v[k] for v in values])),
-                "std": float(np.nanstd([v[k] for v in values])),
-                "values": [v[k] for v in values]} for k in keys}
+    return {
+        k: {
+            "mean": float(np.nanmean([v[k] for v in values])),
+            "std": float(np.nanstd([v[k] for v in values])),
+            "values": [v[k] for v in values],
+        }
+        for k in keys
+    }
 
 
 COLUMNS = (
-    ("params", "n_params", 0), ("LOTO off ρ (1st)", "loto_first_order_off_spearman", 3),
+    ("params", "n_params", 0),
+    ("LOTO off ρ (1st)", "loto_first_order_off_spearman", 3),
     ("LOTO diag ρ (1st)", "loto_first_order_diag_spearman", 3),
     ("LOTO off ρ (Newton)", "loto_newton_off_spearman", 3),
     ("LOTO diag ρ (Newton)", "loto_newton_diag_spearman", 3),
-    ("LOO r (fixed)", "loo_fixed_pearson", 3), ("LOO r (renorm.)", "loo_renormalized_pearson", 3),
-    ("LOO slope (renorm.)", "loo_slope_renormalized", 2), ("LDS", "lds_mean", 3),
-    ("MTIF task s", "mtif_task_s", 3), ("retrain s/model", "retrain_s_per_model", 2),
+    ("LOO r (fixed)", "loo_fixed_pearson", 3),
+    ("LOO r (renorm.)", "loo_renormalized_pearson", 3),
+    ("LOO slope (renorm.)", "loo_slope_renormalized", 2),
+    ("LDS", "lds_mean", 3),
+    ("MTIF task s", "mtif_task_s", 3),
+    ("retrain s/model", "retrain_s_per_model", 2),
     ("speed-up task level", "speedup_task_level", 0),
     ("speed-up task (1st+Newton)", "speedup_task_level_newton", 0),
 )
@@ -194,8 +223,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 convex case, 1 seed (<60 s)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--loo", type=int, default=40, help="LOO examples per case and seed")
-    parser.add_argument("--subsets", type=int, default=24, help="LDS subsets per case/seed")
+    parser.add_argument("--loo", type=int, default=30, help="LOO examples per case and seed")
+    parser.add_argument("--subsets", type=int, default=20, help="LDS subsets per case/seed")
     parser.add_argument("--cases", default=None, help="comma-separated case names")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
     args = parser.parse_args()
@@ -213,10 +242,21 @@ def main() -> None:
         runs = [run_case(case, s, n_loo, n_subsets) for s in seeds[: case.seeds or len(seeds)]]
         results[name] = summarize(runs)
         print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    doc = {"mode": "quick" if args.quick else "full", "seeds": seeds,
-           "wall_time_s": time.perf_counter() - start, "results": results,
-           "cases": {n: {"data": CASES[n].spec(0), "model": CASES[n].model,
-                         "solver": CASES[n].solver, "train": CASES[n].train} for n in names}}
+    doc = {
+        "mode": "quick" if args.quick else "full",
+        "seeds": seeds,
+        "wall_time_s": time.perf_counter() - start,
+        "results": results,
+        "cases": {
+            n: {
+                "data": CASES[n].spec(0),
+                "model": CASES[n].model,
+                "solver": CASES[n].solver,
+                "train": CASES[n].train,
+            }
+            for n in names
+        },
+    }
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(doc, indent=2))

@@ -34,26 +34,37 @@ def copies_taskset(n: int = 30, d: int = 4, seed: int = 0) -> TaskSet:
     xb = rng.normal(size=(n, d)).astype(np.float32)
     yb = (xb @ rng.normal(size=d)).astype(np.float32)
     data = {"A": (x, y), "A-copy": (x, y), "A-adversary": (x, -y), "B": (xb, yb)}
-    return TaskSet("copies", tuple(Task(name, "regression", xs, ys, 1, np.arange(n))
-                                   for name, (xs, ys) in data.items()))
+    return TaskSet(
+        "copies",
+        tuple(Task(name, "regression", xs, ys, 1, np.arange(n)) for name, (xs, ys) in data.items()),
+    )
 
 
-def linear_model(taskset: TaskSet, rng: np.random.Generator | None) -> tuple[torch.nn.Module,
-                                                                              list[Batch]]:
+def linear_model(
+    taskset: TaskSet, rng: np.random.Generator | None
+) -> tuple[torch.nn.Module, list[Batch]]:
     """Hard sharing ``f_t(x) = x.(w + v_t) + b_t`` in float64 with random parameters (all
     zero when ``rng`` is None) and one full batch per task."""
     model = build_model("hard", taskset, LINEAR).double()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.zeros_like(p) if rng is None else torch.from_numpy(
-                rng.normal(size=tuple(p.shape))))
-    batches = [Batch(t, torch.from_numpy(task.x).double(), torch.from_numpy(task.y).double())
-               for t, task in enumerate(taskset.tasks)]
+            p.copy_(
+                torch.zeros_like(p)
+                if rng is None
+                else torch.from_numpy(rng.normal(size=tuple(p.shape)))
+            )
+    batches = [
+        Batch(t, torch.from_numpy(task.x).double(), torch.from_numpy(task.y).double())
+        for t, task in enumerate(taskset.tasks)
+    ]
     return model, batches
 
 
-def numpy_losses_and_grads(model: torch.nn.Module, batches: list[Batch], w: np.ndarray,
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def numpy_losses_and_grads(
+    model: torch.nn.Module,
+    batches: list[Batch],
+    w: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Closed form: ``L_t(w) = mean((x (w + v_t) + b_t - y)^2)`` for each task and its
     gradient ``2/n sum (residual) x`` w.r.t. the shared weight ``w``; ``(T,)``, ``(T, d)``."""
     losses, grads = [], []
@@ -73,13 +84,22 @@ def test_probes_match_closed_forms_on_a_linear_model() -> None:
     w = model.shared_head.weight.detach().numpy()[0].copy()
     losses, grads = numpy_losses_and_grads(model, batches, w)
     unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
-    np.testing.assert_allclose(gradient_cosine_step(model, batches).numpy(), unit @ unit.T,
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        gradient_cosine_step(model, batches).numpy(), unit @ unit.T, rtol=1e-10, atol=1e-12
+    )
     lr = 0.05
-    expected = np.array([[1 - numpy_losses_and_grads(model, batches, w - lr * grads[j])[0][i]
-                          / losses[i] for j in range(4)] for i in range(4)])
-    np.testing.assert_allclose(lookahead_affinity_step(model, batches, lr).numpy(), expected,
-                               rtol=1e-10, atol=1e-12)
+    expected = np.array(
+        [
+            [
+                1 - numpy_losses_and_grads(model, batches, w - lr * grads[j])[0][i] / losses[i]
+                for j in range(4)
+            ]
+            for i in range(4)
+        ]
+    )
+    np.testing.assert_allclose(
+        lookahead_affinity_step(model, batches, lr).numpy(), expected, rtol=1e-10, atol=1e-12
+    )
     np.testing.assert_array_equal(model.shared_head.weight.detach().numpy()[0], w)  # untouched
 
 
@@ -102,11 +122,13 @@ def test_a_task_helps_its_copy_and_hurts_its_adversary() -> None:
 def test_recording_leaves_training_unchanged_and_counts_steps(synthetic_cls: TaskSet) -> None:
     cfg = TrainConfig(epochs=3, batch_size=16, patience=None)
     ctx = RelateContext(model_config={"hidden": [8], "dropout": 0.3}, train_config=cfg)
-    matrix, count, recorded = record_during_training(synthetic_cls, ctx, gradient_cosine_step,
-                                                     every=2)
+    matrix, count, recorded = record_during_training(
+        synthetic_cls, ctx, gradient_cosine_step, every=2
+    )
     plain = fit(synthetic_cls, "hard", ctx.model_config, cfg).model
-    for (name, a), b in zip(recorded.model.state_dict().items(), plain.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(
+        recorded.model.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     steps = cfg.epochs * math.ceil(max(s["train"] for s in synthetic_cls.sizes().values()) / 16)
     assert count == math.ceil(steps / 2)
@@ -114,10 +136,19 @@ def test_recording_leaves_training_unchanged_and_counts_steps(synthetic_cls: Tas
 
 
 def test_both_recover_planted_clusters_and_conflicts() -> None:
-    taskset = load("synthetic-regression", clusters=2, cluster_size=2, n_unrelated=1,
-                   n_adversarial=1, n_per_task=80, n_features=8, seed=3).standardize()
-    ctx = RelateContext(model_config=LINEAR,
-                        train_config=TrainConfig(epochs=15, batch_size=16, patience=None))
+    taskset = load(
+        "synthetic-regression",
+        clusters=2,
+        cluster_size=2,
+        n_unrelated=1,
+        n_adversarial=1,
+        n_per_task=80,
+        n_features=8,
+        seed=3,
+    ).standardize()
+    ctx = RelateContext(
+        model_config=LINEAR, train_config=TrainConfig(epochs=15, batch_size=16, patience=None)
+    )
     truth = taskset.meta["similarity"]
     for method in ("gradient", "affinity"):
         rel = relate(taskset, method, ctx, every=1)
@@ -129,8 +160,9 @@ def test_both_recover_planted_clusters_and_conflicts() -> None:
 
 
 def test_models_without_shared_parameters_are_refused(synthetic_reg: TaskSet) -> None:
-    ctx = RelateContext(model="stl", model_config={"hidden": [4]},
-                        train_config=TrainConfig(epochs=1, patience=None))
+    ctx = RelateContext(
+        model="stl", model_config={"hidden": [4]}, train_config=TrainConfig(epochs=1, patience=None)
+    )
     with pytest.raises(ConfigError, match="no shared parameters"):
         relate(synthetic_reg, "gradient", ctx)
     with pytest.raises(ConfigError, match="every must be"):

@@ -22,18 +22,29 @@ def test_datasets_lists_every_builtin_with_its_task_count(
     assert rows["atis"].split("│")[3].strip() == "2"
 
 
-def test_train_writes_a_complete_run_folder(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_writes_a_complete_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "run.toml"
-    config.write_text('seed = 3\n[data]\nname = "synthetic-regression"\n'
-                      '[model]\nname = "soft"\nhidden = [8]\n[train]\nepochs = 4\n')
+    config.write_text(
+        'seed = 3\n[data]\nname = "synthetic-regression"\n'
+        '[model]\nname = "soft"\nhidden = [8]\n[train]\nepochs = 4\n'
+    )
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--set", "train.lr=0.02",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["train", "--config", str(config), "--set", "train.lr=0.02", "--out", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     files = {p.name for p in out.iterdir()}
-    assert {"config.json", "environment.json", "metrics.json", "history.json",
-            "timings.json", "model.pt", "checkpoint.pt"} <= files
+    assert {
+        "config.json",
+        "environment.json",
+        "metrics.json",
+        "history.json",
+        "timings.json",
+        "model.pt",
+        "checkpoint.pt",
+    } <= files
     saved = json.loads((out / "config.json").read_text())
     assert saved["seed"] == 3 and saved["train"]["lr"] == 0.02
     assert saved["model"] == {"name": "soft", "hidden": [8]}

@@ -34,8 +34,16 @@ def not_for_regression(taskset: TaskSet, ctx: RelateContext) -> Relatedness:
 @pytest.fixture(scope="module")
 def small() -> TaskSet:
     """5 regression tasks: 2 clusters of 2 and an adversary."""
-    return load("synthetic-regression", clusters=2, cluster_size=2, n_unrelated=0,
-                n_adversarial=1, n_per_task=50, n_features=5, seed=2).standardize()
+    return load(
+        "synthetic-regression",
+        clusters=2,
+        cluster_size=2,
+        n_unrelated=0,
+        n_adversarial=1,
+        n_per_task=50,
+        n_features=5,
+        seed=2,
+    ).standardize()
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +51,17 @@ def comparison(small: TaskSet) -> Comparison:
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(METHODS, "needs-cls", "test_compare:not_for_regression")
         mp.setitem(METHODS, "missing", "taskrel.not_written_yet:fn")
-        return compare(small, ["gradient", "needs-cls", "affinity", "missing", "ground-truth"],
-                       RelateContext(model_config=LINEAR, train_config=EXACT),
-                       {"gradient": {"train_config": ADAM}, "affinity": {"every": 2,
-                                                                         "train_config": ADAM}})
+        return compare(
+            small,
+            ["gradient", "needs-cls", "affinity", "missing", "ground-truth"],
+            RelateContext(model_config=LINEAR, train_config=EXACT),
+            {"gradient": {"train_config": ADAM}, "affinity": {"every": 2, "train_config": ADAM}},
+        )
 
 
 def test_agreement_table_scores_each_method_against_retraining_and_structure(
-        comparison: Comparison, small: TaskSet) -> None:
+    comparison: Comparison, small: TaskSet
+) -> None:
     assert list(comparison.results) == ["gradient", "affinity", "ground-truth"]
     assert comparison.skipped["needs-cls"] == "not applicable: needs classification tasks"
     assert comparison.skipped["missing"].startswith("not available")
@@ -62,12 +73,13 @@ def test_agreement_table_scores_each_method_against_retraining_and_structure(
         rel = comparison.results[name]
         assert rows[name]["spearman_off"] == pytest.approx(agreement(rel, truth, "off"))
         assert rows[name]["spearman_diag"] == pytest.approx(agreement(rel, truth, "diag"))
-        assert rows[name]["pearson_off"] == pytest.approx(
-            agreement(rel, truth, "off", "pearson"))
+        assert rows[name]["pearson_off"] == pytest.approx(agreement(rel, truth, "off", "pearson"))
         assert rows[name]["structure_spearman_off"] == pytest.approx(
-            agreement(rel, small.meta["similarity"], "off"))
+            agreement(rel, small.meta["similarity"], "off")
+        )
         assert rows[name]["time_ratio"] == pytest.approx(
-            rel.meta["wall_time_s"] / truth.meta["wall_time_s"])
+            rel.meta["wall_time_s"] / truth.meta["wall_time_s"]
+        )
     assert comparison.results["affinity"].meta["every"] == 2
     assert set(comparison.metrics) == set(small.names)
     assert all("explained_variance" in m for m in comparison.metrics.values())
@@ -75,13 +87,17 @@ def test_agreement_table_scores_each_method_against_retraining_and_structure(
     assert "| needs-cls | skipped: not applicable" in md and md.count("\n") == 6
 
 
-def test_run_folder_round_trips_and_is_deterministic(comparison: Comparison,
-                                                     tmp_path: Path) -> None:
+def test_run_folder_round_trips_and_is_deterministic(
+    comparison: Comparison, tmp_path: Path
+) -> None:
     first = write_comparison(comparison, tmp_path / "a")
     comparison.timings["gradient"]["wall_time_s"] += 1.0  # times vary between runs ...
     write_comparison(comparison, tmp_path / "b")
-    for name in ("comparison.json", "relatedness/gradient.json",
-                 "relatedness/ground-truth.json"):  # ... result files do not
+    for name in (
+        "comparison.json",
+        "relatedness/gradient.json",
+        "relatedness/ground-truth.json",
+    ):  # ... result files do not
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     saved = json.loads((tmp_path / "a" / "relatedness" / "gradient.json").read_text())
     assert "wall_time_s" not in saved["meta"]
@@ -91,7 +107,8 @@ def test_run_folder_round_trips_and_is_deterministic(comparison: Comparison,
     assert loaded.skipped == comparison.skipped and loaded.metrics == comparison.metrics
     np.testing.assert_array_equal(loaded.structure, comparison.structure)
     assert [r["spearman_off"] for r in loaded.agreement_table()] == [
-        r["spearman_off"] for r in comparison.agreement_table()]
+        r["spearman_off"] for r in comparison.agreement_table()
+    ]
     html = first.read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     assert len(images) == 4  # three methods and the known structure
@@ -111,17 +128,55 @@ def test_unknown_methods_and_options_fail_before_anything_runs(small: TaskSet) -
 
 
 def test_cli_relate_compare_and_report(tmp_path: Path) -> None:
-    common = ["--data", "synthetic-regression", "--set", "data.options.n_per_task=40",
-              "--set", "data.options.n_features=5", "--set", "model.hidden=[]",
-              "--set", "model.shared_head=true", "--set", "train.epochs=2",
-              "--set", "train.patience=null"]
-    assert main(["relate", "--method", "gradient", "--option", "every=1", *common,
-                 "--out", str(tmp_path / "one")]) == 0
+    common = [
+        "--data",
+        "synthetic-regression",
+        "--set",
+        "data.options.n_per_task=40",
+        "--set",
+        "data.options.n_features=5",
+        "--set",
+        "model.hidden=[]",
+        "--set",
+        "model.shared_head=true",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.patience=null",
+    ]
+    assert (
+        main(
+            [
+                "relate",
+                "--method",
+                "gradient",
+                "--option",
+                "every=1",
+                *common,
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     one = Relatedness.load(tmp_path / "one" / "relatedness" / "gradient")
     assert one.meta["every"] == 1 and one.matrix.shape == (8, 8)
     assert (tmp_path / "one" / "gradient.png").stat().st_size > 0
-    assert main(["compare", "--methods", "gradient,affinity", *common,
-                 "--option", "affinity.lr=0.1", "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "gradient,affinity",
+                *common,
+                "--option",
+                "affinity.lr=0.1",
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     report = tmp_path / "cmp" / "report.html"
     before = report.read_text()
     report.unlink()

@@ -55,8 +55,10 @@ def fail_on(tasks: list[int], seed: int, bad: int) -> np.ndarray:
 
 def sweep_jobs(n: int = 8, pause: float = 0.0) -> list[Job]:
     """``n`` retraining jobs over task pairs and seeds."""
-    return [Job(train_subset, {"tasks": [i % 4, 4 + i % 4], "seed": i, "pause": pause})
-            for i in range(n)]
+    return [
+        Job(train_subset, {"tasks": [i % 4, 4 + i % 4], "seed": i, "pause": pause})
+        for i in range(n)
+    ]
 
 
 def executions(marker_dir: Path) -> Counter[tuple[str, str]]:
@@ -89,8 +91,9 @@ def test_cache_keys_are_stable_and_distinct() -> None:
 
     ts = load("synthetic", n_per_task=60, seed=0)
     base = Job(train_subset, {"tasks": [0, 1], "seed": 0, "data": ts})
-    same = Job(train_subset, {"data": load("synthetic", n_per_task=60, seed=0),
-                              "seed": 0, "tasks": [0, 1]})
+    same = Job(
+        train_subset, {"data": load("synthetic", n_per_task=60, seed=0), "seed": 0, "tasks": [0, 1]}
+    )
     assert base.key() == same.key()  # argument order and object identity do not matter
     big = np.zeros(5000)
     changed = big.copy()
@@ -101,23 +104,35 @@ def test_cache_keys_are_stable_and_distinct() -> None:
         Job(fail_on, {"tasks": [0, 1], "seed": 0, "data": ts}),
         Job(train_subset, {"tasks": [0, 1], "seed": 0, "data": ts.drop_train([(0, 0)])}),
         Job(train_subset, {"tasks": [0, 1], "seed": "0", "data": ts}),
-        Job(train_subset, {"x": big}), Job(train_subset, {"x": changed}),
-        Job(train_subset, {"x": big.astype(np.float32)}), Job(train_subset, {"x": {1: 2}}),
-        Job(train_subset, {"x": {"1": 2}}), Job(train_subset, {"x": TrainConfig()}),
+        Job(train_subset, {"x": big}),
+        Job(train_subset, {"x": changed}),
+        Job(train_subset, {"x": big.astype(np.float32)}),
+        Job(train_subset, {"x": {1: 2}}),
+        Job(train_subset, {"x": {"1": 2}}),
+        Job(train_subset, {"x": TrainConfig()}),
         Job(train_subset, {"x": TrainConfig(lr=0.1)}),
     ]
     keys = [base.key()] + [j.key() for j in variants]
     assert len(set(keys)) == len(keys)
     assert canonical(torch.zeros(3)) == canonical(np.zeros(3, dtype=np.float32))
     # the same key in a fresh interpreter (no dependence on hash seeds or addresses)
-    code = ("from test_execution import train_subset; from taskrel.execution import Job;"
-            "from taskrel.training import TrainConfig; import numpy as np;"
-            "print(Job(train_subset, {'x': np.arange(3.0), 'cfg': TrainConfig(), "
-            "'d': {'b': 1, 'a': [1, 2.5]}}).key())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=TESTS_DIR, env={**os.environ, "PYTHONHASHSEED": "7"})
-    here = Job(train_subset, {"d": {"a": [1, 2.5], "b": 1}, "cfg": TrainConfig(),
-                              "x": np.arange(3.0)})
+    code = (
+        "from test_execution import train_subset; from taskrel.execution import Job;"
+        "from taskrel.training import TrainConfig; import numpy as np;"
+        "print(Job(train_subset, {'x': np.arange(3.0), 'cfg': TrainConfig(), "
+        "'d': {'b': 1, 'a': [1, 2.5]}}).key())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=TESTS_DIR,
+        env={**os.environ, "PYTHONHASHSEED": "7"},
+    )
+    here = Job(
+        train_subset, {"d": {"a": [1, 2.5], "b": 1}, "cfg": TrainConfig(), "x": np.arange(3.0)}
+    )
     assert out.stdout.strip() == here.key()
 
 
@@ -183,15 +198,17 @@ if __name__ == "__main__":
 
 
 def test_killed_and_restarted_sweep_equals_an_uninterrupted_one(
-        tmp_path: Path, markers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, markers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = tmp_path / "sweep.py"
     script.write_text(textwrap.dedent(SWEEP_SCRIPT.format(tests=str(TESTS_DIR))))
     cache_dir, out = tmp_path / "cache", tmp_path / "results.pkl"
     cache = ResultCache(cache_dir)
     n_jobs = 8
 
-    proc = subprocess.Popen([sys.executable, str(script), str(cache_dir), str(out)],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cache_dir), str(out)], start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while len(cache) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -218,13 +235,15 @@ def test_killed_and_restarted_sweep_equals_an_uninterrupted_one(
     assert pickle.loads(out.read_bytes()) == as_bytes(reference)
     assert sorted(cache.keys()) == sorted(ResultCache(reference_dir).keys())
     for key in finished | set(cache.keys()):
-        assert (cache_dir / f"{key}.pkl").read_bytes() == (reference_dir / f"{key}.pkl"
-                                                           ).read_bytes()
+        assert (cache_dir / f"{key}.pkl").read_bytes() == (
+            reference_dir / f"{key}.pkl"
+        ).read_bytes()
 
 
 # -- Ray ----------------------------------------------------------------------------------
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="ray is not installed")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="ray is not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +268,8 @@ def ray_executor(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 @needs_ray
 def test_ray_sweep_matches_plain_runs_and_reuses_the_cache(
-        ray_executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    ray_executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     executor, folder = ray_executor
     import ray
 
@@ -266,8 +286,10 @@ def test_ray_sweep_matches_plain_runs_and_reuses_the_cache(
 
 
 @needs_ray
-def test_ray_failure_is_raised_and_finished_results_are_kept(ray_executor,  # type: ignore[no-untyped-def]
-                                                             tmp_path: Path) -> None:
+def test_ray_failure_is_raised_and_finished_results_are_kept(
+    ray_executor,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     executor, _ = ray_executor
     jobs = [Job(fail_on, {"tasks": [1, 5], "seed": s, "bad": 0}) for s in range(2)]
     with pytest.raises(ValueError, match="seed 0 fails"):

@@ -24,12 +24,22 @@ from taskrel.relatedness.mtif import MTIF
 from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-LBFGS = TrainConfig(optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None,
-                    dtype="float64")
-DATA = {"name": "synthetic-regression",
-        "options": {"clusters": 2, "cluster_size": 2, "n_unrelated": 0, "n_adversarial": 1,
-                    "n_per_task": 80, "n_features": 5, "seed": 4},
-        "standardize": "task"}
+LBFGS = TrainConfig(
+    optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None, dtype="float64"
+)
+DATA = {
+    "name": "synthetic-regression",
+    "options": {
+        "clusters": 2,
+        "cluster_size": 2,
+        "n_unrelated": 0,
+        "n_adversarial": 1,
+        "n_per_task": 80,
+        "n_features": 5,
+        "seed": 4,
+    },
+    "standardize": "task",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -58,22 +68,29 @@ def test_loto_equals_task_removed_newton_step(taskset: TaskSet, tmp_path) -> Non
     """For a quadratic objective one Newton step with H - H_j is the exact retrained
     optimum, so MTIF's Newton task matrix must equal LOTO retraining (diagonal too), and
     a second run is served from the cache."""
-    ctx = RelateContext(model="hard", model_config=CONVEX, train_config=LBFGS,
-                        cache_dir=tmp_path)
+    ctx = RelateContext(model="hard", model_config=CONVEX, train_config=LBFGS, cache_dir=tmp_path)
     loto = relate(taskset, "ground-truth", ctx, data=DATA)
     engine = MTIF(train_model(taskset, "hard", CONVEX, LBFGS), taskset)
     newton = engine.newton_task_matrix()
     np.testing.assert_allclose(newton, loto.matrix, rtol=1e-4, atol=1e-6)
     assert np.all(np.diag(loto.matrix) > 0)  # a task's own data help it
-    cached = relate(taskset, "ground-truth",
-                    RelateContext(model="hard", model_config=CONVEX, train_config=LBFGS,
-                                  cache_dir=tmp_path, executor=_NoRun()), data=DATA)
+    cached = relate(
+        taskset,
+        "ground-truth",
+        RelateContext(
+            model="hard",
+            model_config=CONVEX,
+            train_config=LBFGS,
+            cache_dir=tmp_path,
+            executor=_NoRun(),
+        ),
+        data=DATA,
+    )
     np.testing.assert_array_equal(cached.matrix, loto.matrix)
 
 
 def test_single_task_models_show_no_transfer(taskset: TaskSet) -> None:
-    ctx = RelateContext(model="stl", model_config={"hidden": [], "l2": 1e-1},
-                        train_config=LBFGS)
+    ctx = RelateContext(model="stl", model_config={"hidden": [], "l2": 1e-1}, train_config=LBFGS)
     small = taskset.select_tasks([0, 1, 4])
     off = ~np.eye(3, dtype=bool)
     pairwise = relate(small, "pairwise", ctx)
@@ -83,15 +100,13 @@ def test_single_task_models_show_no_transfer(taskset: TaskSet) -> None:
     assert np.all(np.diag(pairwise.matrix) == 0) and np.all(np.diag(loto.matrix) > 0)
 
 
-def test_pairwise_matches_direct_retraining(taskset: TaskSet) -> None:
+def test_pairwise_matches_direct_retraining(taskset: TaskSet, tmp_path) -> None:
     ctx = RelateContext(model="hard", model_config=CONVEX, train_config=LBFGS)
     small = taskset.select_tasks([0, 1, 4])
     pairwise = relate(small, "pairwise", ctx).matrix
-    spec = snapshot_taskset(small, "/tmp/taskrel-test-snapshots")
-    args = {"data": spec, "model": "hard", "model_config": CONVEX,
-            "train_config": LBFGS.model_dump()}
-    alone = retrain(**args, tasks=[2])["test_loss"][0]
-    with_0 = retrain(**args, tasks=[2, 0])["test_loss"][0]
+    spec = snapshot_taskset(small, tmp_path)
+    alone = retrain(spec, "hard", CONVEX, LBFGS.model_dump(), tasks=[2])["test_loss"][0]
+    with_0 = retrain(spec, "hard", CONVEX, LBFGS.model_dump(), tasks=[2, 0])["test_loss"][0]
     assert pairwise[2, 0] == pytest.approx(alone - with_0, abs=1e-9)
 
 
@@ -104,7 +119,7 @@ def test_snapshot_round_trip(taskset: TaskSet, tmp_path) -> None:
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.train_idx, b.train_idx)
         np.testing.assert_array_equal(a.test_idx, b.test_idx)
-    other = taskset.drop_train([[0, int(taskset.tasks[0].train_idx[0])]])
+    other = taskset.drop_train(np.array([[0, taskset.tasks[0].train_idx[0]]]))
     assert snapshot_taskset(other, tmp_path)["sha256"] != spec["sha256"]
 
 

@@ -20,8 +20,9 @@ from taskrel.relatedness.result import Relatedness
 from taskrel.training import TrainConfig, evaluate, fit
 
 
-def block_matrix(sizes: list[int], seed: int, noise: float = 0.3) -> tuple[np.ndarray,
-                                                                          list[list[int]]]:
+def block_matrix(
+    sizes: list[int], seed: int, noise: float = 0.3
+) -> tuple[np.ndarray, list[list[int]]]:
     """+1 inside planted clusters, -0.5 between them, plus asymmetric noise."""
     labels = np.repeat(np.arange(len(sizes)), sizes)
     rng = np.random.default_rng(seed)
@@ -47,9 +48,11 @@ def test_exhaustive_search_is_optimal_and_scores_both_directions() -> None:
     rng = np.random.default_rng(5)
     for k in (1, 2, 3, 4):
         m = rng.normal(size=(6, 6))
-        best = max(group_score(m, [np.flatnonzero(np.array(lab) == g).tolist()
-                                   for g in range(k)])
-                   for lab in product(range(k), repeat=6) if len(set(lab)) == k)
+        best = max(
+            group_score(m, [np.flatnonzero(np.array(lab) == g).tolist() for g in range(k)])
+            for lab in product(range(k), repeat=6)
+            if len(set(lab)) == k
+        )
         found = propose_groups(m, k)
         assert found.score == pytest.approx(best) and len(found.groups) == k
         assert propose_groups(m, k, search="local").score == pytest.approx(best)
@@ -71,11 +74,13 @@ def test_bad_requests_are_refused() -> None:
     assert len(propose_groups(m, 2).groups) == 2
 
 
-def test_evaluation_trains_each_group_all_tasks_and_stl(synthetic_reg: TaskSet,
-                                                        tmp_path: Path) -> None:
+def test_evaluation_trains_each_group_all_tasks_and_stl(
+    synthetic_reg: TaskSet, tmp_path: Path
+) -> None:
     cfg = TrainConfig(epochs=3, batch_size=8, patience=None)
-    ctx = RelateContext(model_config={"hidden": [4], "shared_head": True}, train_config=cfg,
-                        cache_dir=tmp_path)
+    ctx = RelateContext(
+        model_config={"hidden": [4], "shared_head": True}, train_config=cfg, cache_dir=tmp_path
+    )
     proposal = propose_groups(Relatedness(np.eye(4), synthetic_reg.names, "x"), 2)
     result = evaluate_grouping(synthetic_reg, proposal, ctx)
     group = synthetic_reg.select_tasks(proposal.groups[0])
@@ -85,28 +90,44 @@ def test_evaluation_trains_each_group_all_tasks_and_stl(synthetic_reg: TaskSet,
     stl = fit(synthetic_reg, "stl", {"hidden": [4]}, cfg).model  # shared_head dropped
     assert result.metrics["stl"] == evaluate(stl, synthetic_reg)
     table = result.table()
-    assert result.metric == "explained_variance" and set(table) == {*synthetic_reg.names,
-                                                                     "average"}
+    assert result.metric == "explained_variance" and set(table) == {*synthetic_reg.names, "average"}
     assert table["average"]["all"] == pytest.approx(
-        np.mean([result.metrics["all"][t]["explained_variance"] for t in synthetic_reg.names]))
+        np.mean([result.metrics["all"][t]["explained_variance"] for t in synthetic_reg.names])
+    )
     assert len(ResultCache(tmp_path / "grouping")) == 4  # 2 groups, all, stl
     with pytest.raises(ConfigError, match="other tasks"):
         evaluate_grouping(synthetic_reg.select_tasks([0, 1]), proposal, ctx)
 
 
 def test_cli_group_from_a_saved_matrix(tmp_path: Path) -> None:
-    names = [f"t{i}-{g}" for i, g in enumerate(["c0", "c0", "c1", "c1", "unrelated",
-                                                "adv-c0"])]
+    names = [f"t{i}-{g}" for i, g in enumerate(["c0", "c0", "c1", "c1", "unrelated", "adv-c0"])]
     m, _ = block_matrix([2, 2, 1, 1], seed=3, noise=0.0)
     Relatedness(m, names, "hand").save(tmp_path / "rel.json")
-    args = ["group", "--data", "synthetic-regression", "--set", "data.options.clusters=2",
-            "--set", "data.options.cluster_size=2", "--set", "data.options.n_features=4",
-            "--set", "data.options.n_per_task=30", "--groups", "4", "--relatedness",
-            str(tmp_path / "rel.json"), "--no-evaluate", "--out", str(tmp_path / "run")]
+    args = [
+        "group",
+        "--data",
+        "synthetic-regression",
+        "--set",
+        "data.options.clusters=2",
+        "--set",
+        "data.options.cluster_size=2",
+        "--set",
+        "data.options.n_features=4",
+        "--set",
+        "data.options.n_per_task=30",
+        "--groups",
+        "4",
+        "--relatedness",
+        str(tmp_path / "rel.json"),
+        "--no-evaluate",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     saved = json.loads((tmp_path / "run" / "grouping.json").read_text())
     assert saved["search"] == "exhaustive" and len(saved["groups"]) == 4
     assert sorted(map(sorted, saved["groups"])) == sorted(
-        sorted(names[i] for i in g) for g in propose_groups(m, 4).groups)
+        sorted(names[i] for i in g) for g in propose_groups(m, 4).groups
+    )
     wrong = ["--set", "data.options.n_unrelated=0"]  # 5 tasks: not the matrix's tasks
     assert main([*args[:-2], *wrong, "--out", str(tmp_path / "bad")]) == 2

@@ -37,8 +37,16 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def mlp_functions() -> MTLFunctions:
-    ts = load("synthetic", n_per_task=40, n_features=4, clusters=1, cluster_size=2,
-              n_unrelated=0, n_adversarial=1, seed=3).standardize()
+    ts = load(
+        "synthetic",
+        n_per_task=40,
+        n_features=4,
+        clusters=1,
+        cluster_size=2,
+        n_unrelated=0,
+        n_adversarial=1,
+        seed=3,
+    ).standardize()
     torch.manual_seed(0)
     model = build_model("hard", ts, {"hidden": [5], "activation": "tanh", "l2": 1e-2})
     return MTLFunctions(model, ts)
@@ -111,10 +119,15 @@ def test_damping_is_added_to_the_diagonal() -> None:
 
 
 def test_lanczos_finds_extreme_eigenvalues() -> None:
-    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(5),
-                                       dtype=torch.float64))
-    ev = torch.cat([torch.tensor([-5.0], dtype=torch.float64),
-                    torch.linspace(1.0, 100.0, 199, dtype=torch.float64)])
+    q, _ = torch.linalg.qr(
+        torch.randn(200, 200, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    )
+    ev = torch.cat(
+        [
+            torch.tensor([-5.0], dtype=torch.float64),
+            torch.linspace(1.0, 100.0, 199, dtype=torch.float64),
+        ]
+    )
     a = q @ torch.diag(ev) @ q.T
     lo, hi = lanczos_extremes(DenseOperator(a), iters=60)
     assert lo == pytest.approx(float(ev[0]), rel=1e-6)

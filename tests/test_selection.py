@@ -15,8 +15,9 @@ from taskrel.selection import harmful_examples, random_like, select_data, stl_co
 from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-LBFGS = TrainConfig(optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None,
-                    dtype="float64")
+LBFGS = TrainConfig(
+    optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None, dtype="float64"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,18 +31,25 @@ def _one_thread():
 def test_harmful_examples_respects_threshold_and_cap() -> None:
     ids = np.array([[0, 10], [0, 11], [0, 12], [0, 13], [1, 5], [1, 6]])
     scores = np.array([-3.0, 1.0, -1.0, -2.0, -1.0, -5.0])
-    np.testing.assert_array_equal(harmful_examples(scores, ids, max_fraction=0.5),
-                                  [[0, 10], [0, 13], [1, 6]])
-    np.testing.assert_array_equal(harmful_examples(scores, ids, threshold=-2.5,
-                                                   max_fraction=0.9), [[0, 10], [1, 6]])
+    np.testing.assert_array_equal(
+        harmful_examples(scores, ids, max_fraction=0.5), [[0, 10], [0, 13], [1, 6]]
+    )
+    np.testing.assert_array_equal(
+        harmful_examples(scores, ids, threshold=-2.5, max_fraction=0.9), [[0, 10], [1, 6]]
+    )
     # never a task's last example, whatever the fraction
     assert len(harmful_examples(scores, ids, max_fraction=0.99)) == 3 + 1
 
 
 def test_random_like_matches_per_task_counts() -> None:
     ts = load("synthetic", n_per_task=50, seed=0)
-    removed = np.array([[0, int(ts.tasks[0].train_idx[0])], [2, int(ts.tasks[2].train_idx[1])],
-                        [2, int(ts.tasks[2].train_idx[2])]])
+    removed = np.array(
+        [
+            [0, int(ts.tasks[0].train_idx[0])],
+            [2, int(ts.tasks[2].train_idx[1])],
+            [2, int(ts.tasks[2].train_idx[2])],
+        ]
+    )
     rand = random_like(removed, ts, seed=1)
     assert [(rand[:, 0] == t).sum() for t in range(len(ts))] == [1, 0, 2, 0, 0, 0, 0, 0]
     for t, r in rand:
@@ -52,9 +60,18 @@ def test_random_like_matches_per_task_counts() -> None:
 def test_selection_removes_corrupted_examples_and_beats_random() -> None:
     """20% of task 0's training targets are shifted by +8: MTIF must flag mostly those,
     and retraining without them must lower task 0's test loss more than random removal."""
-    ts = load("synthetic-regression", clusters=1, cluster_size=3, n_unrelated=0,
-              n_adversarial=0, n_per_task=200, n_features=5, train=0.4, val=0.0,
-              seed=3).standardize()
+    ts = load(
+        "synthetic-regression",
+        clusters=1,
+        cluster_size=3,
+        n_unrelated=0,
+        n_adversarial=0,
+        n_per_task=200,
+        n_features=5,
+        train=0.4,
+        val=0.0,
+        seed=3,
+    ).standardize()
     task = ts.tasks[0]
     rng = np.random.default_rng(0)
     bad = rng.choice(task.train_idx, size=len(task.train_idx) // 5, replace=False)

@@ -31,7 +31,7 @@ import numpy as np
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError, RunDirError, TaskrelError
 from taskrel.relatedness import RelateContext, method_function, relate
-from taskrel.relatedness.agreement import agreement
+from taskrel.relatedness.agreement import Correlation, Part, agreement
 from taskrel.relatedness.result import Relatedness
 from taskrel.runs import write_json
 from taskrel.training.metrics import evaluate
@@ -42,6 +42,12 @@ COMPARISON_FILE = "comparison.json"
 TIMINGS_FILE = "timings.json"
 RELATEDNESS_DIR = "relatedness"
 TIME_COLUMNS = ("wall_time_s", "time_ratio")
+AGREEMENTS: tuple[tuple[str, Part, Correlation], ...] = (
+    ("spearman_off", "off", "spearman"),
+    ("pearson_off", "off", "pearson"),
+    ("spearman_diag", "diag", "spearman"),
+)
+"""Agreement table columns: (name, entries compared, correlation) against the reference."""
 
 
 @dataclass
@@ -81,12 +87,11 @@ class Comparison:
         for name, rel in self.results.items():
             row: dict[str, Any] = {"method": name, "wall_time_s": self.wall_time(name)}
             row["time_ratio"] = row["wall_time_s"] / ref_time if ref_time else math.nan
-            for key, part, corr in (("spearman_off", "off", "spearman"),
-                                    ("pearson_off", "off", "pearson"),
-                                    ("spearman_diag", "diag", "spearman")):
+            for key, part, corr in AGREEMENTS:
                 row[key] = agreement(rel, ref, part, corr) if ref is not None else math.nan
-            row["structure_spearman_off"] = (agreement(rel, self.structure, "off")
-                                             if self.structure is not None else math.nan)
+            row["structure_spearman_off"] = (
+                agreement(rel, self.structure, "off") if self.structure is not None else math.nan
+            )
             rows.append(row)
         return rows
 
@@ -96,14 +101,21 @@ class Comparison:
 
     def to_markdown(self, digits: int = 3) -> str:
         """The agreement table in markdown (vs the reference and the known structure)."""
-        head = ("| method | wall time (s) | time / ground truth | Spearman off-diag | "
-                "Pearson off-diag | Spearman diag | Spearman vs structure |")
+        head = (
+            "| method | wall time (s) | time / ground truth | Spearman off-diag | "
+            "Pearson off-diag | Spearman diag | Spearman vs structure |"
+        )
         lines = [head, "|---" * 7 + "|"]
         for r in self.agreement_table():
-            values = [r["wall_time_s"], r["time_ratio"], r["spearman_off"], r["pearson_off"],
-                      r["spearman_diag"], r["structure_spearman_off"]]
-            lines.append(f"| {r['method']} | " + " | ".join(_fmt(v, digits) for v in values)
-                         + " |")
+            values = [
+                r["wall_time_s"],
+                r["time_ratio"],
+                r["spearman_off"],
+                r["pearson_off"],
+                r["spearman_diag"],
+                r["structure_spearman_off"],
+            ]
+            lines.append(f"| {r['method']} | " + " | ".join(_fmt(v, digits) for v in values) + " |")
         lines += [f"| {m} | skipped: {why} |" + " |" * 5 for m, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -115,12 +127,19 @@ class Comparison:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name, rel in self.results.items():
             save_result(rel, run_dir, name)
-        doc = {"task_names": self.task_names, "methods": list(self.results),
-               "skipped": self.skipped, "metrics": self.metrics, "config": self.config,
-               "reference": self.reference,
-               "structure": None if self.structure is None else self.structure.tolist(),
-               "agreement": [{k: v for k, v in row.items() if k not in TIME_COLUMNS}
-                             for row in self.agreement_table()]}
+        doc = {
+            "task_names": self.task_names,
+            "methods": list(self.results),
+            "skipped": self.skipped,
+            "metrics": self.metrics,
+            "config": self.config,
+            "reference": self.reference,
+            "structure": None if self.structure is None else self.structure.tolist(),
+            "agreement": [
+                {k: v for k, v in row.items() if k not in TIME_COLUMNS}
+                for row in self.agreement_table()
+            ],
+        }
         write_json(run_dir / TIMINGS_FILE, self.timings, overwrite=True)
         return write_json(run_dir / COMPARISON_FILE, doc, overwrite=True)
 
@@ -137,15 +156,23 @@ class Comparison:
             doc = json.loads(path.read_text())
             timings = json.loads((run_dir / TIMINGS_FILE).read_text())
         except FileNotFoundError as err:
-            raise RunDirError(f"{run_dir}: no {Path(err.filename).name}; not a "
-                              "'taskrel compare' run folder") from None
+            raise RunDirError(
+                f"{run_dir}: no {Path(err.filename).name}; not a 'taskrel compare' run folder"
+            ) from None
         except ValueError as err:
             raise RunDirError(f"{path}: malformed comparison file ({err})") from None
         results = {m: Relatedness.load(run_dir / RELATEDNESS_DIR / m) for m in doc["methods"]}
         structure = doc.get("structure")
-        return cls(doc["task_names"], results, doc.get("skipped", {}), doc.get("metrics", {}),
-                   None if structure is None else np.asarray(structure, dtype=np.float64),
-                   doc.get("config", {}), timings, doc.get("reference", REFERENCE))
+        return cls(
+            doc["task_names"],
+            results,
+            doc.get("skipped", {}),
+            doc.get("metrics", {}),
+            None if structure is None else np.asarray(structure, dtype=np.float64),
+            doc.get("config", {}),
+            timings,
+            doc.get("reference", REFERENCE),
+        )
 
 
 def durations(rel: Relatedness) -> dict[str, Any]:
@@ -157,8 +184,9 @@ def save_result(rel: Relatedness, run_dir: str | Path, name: str) -> Path:
     """Save ``rel`` as ``run_dir/relatedness/NAME.json`` without its :func:`durations`
     (they vary from run to run; ``timings.json`` holds them). Returns the JSON path."""
     kept = {k: v for k, v in rel.meta.items() if k not in durations(rel)}
-    return Relatedness(rel.matrix, rel.task_names, rel.method, rel.instance_scores,
-                       rel.instance_ids, kept).save(Path(run_dir) / RELATEDNESS_DIR / name)
+    return Relatedness(
+        rel.matrix, rel.task_names, rel.method, rel.instance_scores, rel.instance_ids, kept
+    ).save(Path(run_dir) / RELATEDNESS_DIR / name)
 
 
 def _silent(line: str) -> None:
@@ -166,12 +194,17 @@ def _silent(line: str) -> None:
 
 
 def _fmt(value: float, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{value:.{digits}g}"
+    )
 
 
-def check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
-                  ) -> dict[str, str]:
+def check_methods(
+    methods: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+) -> dict[str, str]:
     """Check the request before anything runs; returns the methods whose module is not
     installed (or not written yet), with the reason.
 
@@ -188,8 +221,9 @@ def check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any
     try:
         json.dumps(options, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"method options must be JSON-like (numbers, strings, lists, "
-                          f"dicts): {err}") from None
+        raise ConfigError(
+            f"method options must be JSON-like (numbers, strings, lists, dicts): {err}"
+        ) from None
     unavailable = {}
     for name in methods:
         try:
@@ -204,10 +238,14 @@ def check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any
     return unavailable
 
 
-def compare(taskset: TaskSet, methods: Sequence[str], ctx: RelateContext | None = None,
-            options: Mapping[str, Mapping[str, Any]] | None = None,
-            reference: str = REFERENCE, log: Callable[[str], None] | None = None,
-            ) -> Comparison:
+def compare(
+    taskset: TaskSet,
+    methods: Sequence[str],
+    ctx: RelateContext | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    reference: str = REFERENCE,
+    log: Callable[[str], None] | None = None,
+) -> Comparison:
     """Compute several relatedness methods on ``taskset`` and compare them.
 
     Args:
@@ -250,14 +288,27 @@ def compare(taskset: TaskSet, methods: Sequence[str], ctx: RelateContext | None 
         say(f"  skipped {name}: {skipped[name]}")
     say(f"training {ctx.model} on all tasks for per-task metrics ...")
     start = time.perf_counter()
-    model = fit(taskset, ctx.model, ctx.model_config, ctx.train_config,
-                progress=ctx.progress).model
+    model = fit(taskset, ctx.model, ctx.model_config, ctx.train_config, progress=ctx.progress).model
     metrics = evaluate(model, taskset, "test")
     timings["metrics_model"] = {"train_s": time.perf_counter() - start}
     similarity = taskset.meta.get("similarity")
-    config = {"data": taskset.name, "n_tasks": len(taskset), "methods": list(methods),
-              "options": options, "model": ctx.model, "model_config": dict(ctx.model_config),
-              "train_config": ctx.train_config.model_dump(), "executor": ctx.executor.name}
-    return Comparison(taskset.names, results, skipped, metrics,
-                      None if similarity is None else np.asarray(similarity, dtype=np.float64),
-                      config, timings, reference)
+    config = {
+        "data": taskset.name,
+        "n_tasks": len(taskset),
+        "methods": list(methods),
+        "options": options,
+        "model": ctx.model,
+        "model_config": dict(ctx.model_config),
+        "train_config": ctx.train_config.model_dump(),
+        "executor": ctx.executor.name,
+    }
+    return Comparison(
+        taskset.names,
+        results,
+        skipped,
+        metrics,
+        None if similarity is None else np.asarray(similarity, dtype=np.float64),
+        config,
+        timings,
+        reference,
+    )

@@ -53,8 +53,9 @@ def function_name(fn: Callable[..., Any]) -> str:
     """
     name = f"{fn.__module__}.{fn.__qualname__}"
     if "<" in fn.__qualname__:
-        raise ValueError(f"job function {name} must be a top-level function, not a lambda "
-                         "or a nested function")
+        raise ValueError(
+            f"job function {name} must be a top-level function, not a lambda or a nested function"
+        )
     return name
 
 
@@ -77,16 +78,21 @@ def canonical(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [canonical(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__dataclass__": _type_name(value),
-                "fields": {f.name: canonical(getattr(value, f.name))
-                           for f in dataclasses.fields(value)}}
+        return {
+            "__dataclass__": _type_name(value),
+            "fields": {
+                f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)
+            },
+        }
     if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):  # pydantic
         return {"__model__": _type_name(value), "fields": canonical(value.model_dump())}
     if callable(value) and hasattr(value, "__qualname__"):
         return {"__function__": function_name(value)}
-    raise TypeError(f"job argument of type {_type_name(value)} has no canonical form for the "
-                    "cache key; pass numbers, strings, lists, dicts, arrays, dataclasses or "
-                    "pydantic models")
+    raise TypeError(
+        f"job argument of type {_type_name(value)} has no canonical form for the "
+        "cache key; pass numbers, strings, lists, dicts, arrays, dataclasses or "
+        "pydantic models"
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -95,12 +101,14 @@ def _type_name(value: Any) -> str:
 
 def _array_digest(value: Any) -> dict[str, Any]:
     """Dtype, shape and SHA-256 of the bytes of an array or a ``torch.Tensor``."""
-    arr = np.ascontiguousarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
-                               else value)
+    arr = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
     if arr.dtype.hasobject:
         raise TypeError("object arrays have no canonical form for the cache key")
-    return {"__array__": hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest(),
-            "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    return {
+        "__array__": hashlib.sha256(arr.tobytes(order="C")).hexdigest(),
+        "dtype": arr.dtype.str,
+        "shape": list(arr.shape),
+    }
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,11 @@ class Job:
 
     @cached_property
     def _key(self) -> str:
-        payload = json.dumps({"fn": function_name(self.fn), "kwargs": canonical(self.kwargs)},
-                             sort_keys=True, separators=(",", ":"))
+        payload = json.dumps(
+            {"fn": function_name(self.fn), "kwargs": canonical(self.kwargs)},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def run(self) -> Any:
@@ -188,8 +199,12 @@ class Executor(ABC):
 
     name: str = "executor"
 
-    def map(self, jobs: Sequence[Job], cache: ResultCache | str | Path | None = None,
-            progress: Callable[[int, int], None] | None = None) -> list[Any]:
+    def map(
+        self,
+        jobs: Sequence[Job],
+        cache: ResultCache | str | Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
         """Results of ``jobs`` in order.
 
         Cached results are reused; each new result is written to the cache as soon as its
@@ -267,31 +282,37 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 cpus_per_job: float = 1.0) -> None:
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, cpus_per_job: float = 1.0
+    ) -> None:
         try:
             import ray
         except ImportError as err:
-            raise ConfigError("the ray executor needs Ray: pip install 'taskrel[distributed]'"
-                              ) from err
+            raise ConfigError(
+                "the ray executor needs Ray: pip install 'taskrel[distributed]'"
+            ) from err
         if cpus_per_job <= 0:
             raise ConfigError(f"cpus_per_job must be > 0, got {cpus_per_job}")
         self._ray = ray
         self._owned = not ray.is_initialized()
         if self._owned:
-            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
-                                      "log_to_driver": False}
+            kwargs: dict[str, Any] = {
+                "address": address,
+                "include_dashboard": False,
+                "log_to_driver": False,
+            }
             if address is None:
                 kwargs["num_cpus"] = num_cpus
                 # workers import job functions from wherever the driver can (e.g. tests/)
                 kwargs["job_config"] = ray.job_config.JobConfig(
-                    code_search_path=[os.path.abspath(p) for p in sys.path if os.path.isdir(p)])
+                    code_search_path=[os.path.abspath(p) for p in sys.path if os.path.isdir(p)]
+                )
             ray.init(**kwargs)
         self.cpus_per_job = cpus_per_job
 
     def _run(self, jobs: Sequence[Job], ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
         ray = self._ray
-        remote = ray.remote(num_cpus=self.cpus_per_job, max_retries=0)(_run_job)
+        remote = ray.remote(num_cpus=self.cpus_per_job)(_run_job)
         pending = {remote.remote(job): i for i, job in zip(ids, jobs, strict=True)}
         try:
             while pending:
@@ -314,8 +335,11 @@ class RayExecutor(Executor):
         self.shutdown()
 
 
-def make_executor(name: str = "local", workers: int | None = 1, address: str | None = None,
-                  ) -> Executor:
+def make_executor(
+    name: str = "local",
+    workers: int | None = 1,
+    address: str | None = None,
+) -> Executor:
     """``local`` (default; ``workers`` processes) or ``ray`` (``workers`` CPUs for a local
     instance, or the cluster at ``address``)."""
     if name == "local":

@@ -77,8 +77,9 @@ def pair_weights(matrix: np.ndarray) -> np.ndarray:
         raise ConfigError(f"grouping needs a square task x task matrix, got shape {m.shape}")
     off = ~np.eye(len(m), dtype=bool)
     if not np.all(np.isfinite(m[off])):
-        raise ConfigError("grouping: the relatedness matrix has NaN or infinite entries off "
-                          "the diagonal")
+        raise ConfigError(
+            "grouping: the relatedness matrix has NaN or infinite entries off the diagonal"
+        )
     s = np.where(off, m, 0.0)
     return s + s.T
 
@@ -101,12 +102,13 @@ def _exhaustive(s: np.ndarray, k: int) -> np.ndarray:
     t = len(s)
     labels = np.zeros(t, dtype=np.int64)
     acc = np.zeros((k, t))
-    best = {"score": -np.inf, "labels": labels.copy()}
+    best_score, best_labels = -np.inf, labels.copy()
 
     def place(i: int, used: int, score: float) -> None:
+        nonlocal best_score, best_labels
         if i == t:
-            if used == k and score > best["score"]:
-                best.update(score=score, labels=labels.copy())
+            if used == k and score > best_score:
+                best_score, best_labels = score, labels.copy()
             return
         if used + (t - i) < k:  # not enough tasks left to open the missing groups
             return
@@ -118,7 +120,7 @@ def _exhaustive(s: np.ndarray, k: int) -> np.ndarray:
             acc[g] -= s[i]
 
     place(0, 0, 0.0)
-    return best["labels"]
+    return best_labels
 
 
 def _greedy_merge(s: np.ndarray, k: int) -> np.ndarray:
@@ -126,8 +128,12 @@ def _greedy_merge(s: np.ndarray, k: int) -> np.ndarray:
     between-group weight until ``k`` remain. Returns labels ``(T,)``."""
     groups = [[i] for i in range(len(s))]
     while len(groups) > k:
-        _, a, b = max((s[np.ix_(ga, gb)].sum(), a, b) for a, ga in enumerate(groups)
-                      for b, gb in enumerate(groups) if a < b)
+        _, a, b = max(
+            (s[np.ix_(ga, gb)].sum(), a, b)
+            for a, ga in enumerate(groups)
+            for b, gb in enumerate(groups)
+            if a < b
+        )
         groups[a] += groups.pop(b)
     labels = np.empty(len(s), dtype=np.int64)
     for g, members in enumerate(groups):
@@ -150,8 +156,13 @@ def _improve(s: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
         g, i = np.unravel_index(np.argmax(move), move.shape)
         best_gain, action = move[g, i], ("move", int(i), int(g))
         # swap i (in a) with j (in b): acc[b,i] - acc[a,i] + acc[a,j] - acc[b,j] - 2 s[i,j]
-        swap = (acc[labels[None, :], np.arange(t)[:, None]] - own[:, None]
-                + acc[labels[:, None], np.arange(t)[None, :]] - own[None, :] - 2 * s)
+        swap = (
+            acc[labels[None, :], np.arange(t)[:, None]]
+            - own[:, None]
+            + acc[labels[:, None], np.arange(t)[None, :]]
+            - own[None, :]
+            - 2 * s
+        )
         swap[labels[:, None] == labels[None, :]] = -np.inf
         i2, j2 = np.unravel_index(np.argmax(swap), swap.shape)
         if swap[i2, j2] > best_gain:
@@ -176,10 +187,15 @@ def _local_search(s: np.ndarray, k: int, restarts: int, seed: int) -> np.ndarray
     return finals[int(np.argmax(scores))]
 
 
-def propose_groups(relatedness: Relatedness | np.ndarray, n_groups: int,
-                   task_names: Sequence[str] | None = None, search: Search = "auto",
-                   exhaustive_max_tasks: int = 10, restarts: int = 20, seed: int = 0,
-                   ) -> Grouping:
+def propose_groups(
+    relatedness: Relatedness | np.ndarray,
+    n_groups: int,
+    task_names: Sequence[str] | None = None,
+    search: Search = "auto",
+    exhaustive_max_tasks: int = 10,
+    restarts: int = 20,
+    seed: int = 0,
+) -> Grouping:
     """Partition the tasks into ``n_groups`` groups that maximise within-group relatedness.
 
     Args:
@@ -196,9 +212,13 @@ def propose_groups(relatedness: Relatedness | np.ndarray, n_groups: int,
         ConfigError: ``n_groups`` out of range, an unknown search, or a bad matrix.
     """
     matrix = relatedness.matrix if isinstance(relatedness, Relatedness) else relatedness
-    names = (relatedness.task_names if isinstance(relatedness, Relatedness)
-             else list(task_names) if task_names is not None
-             else [f"t{i}" for i in range(len(matrix))])
+    names = (
+        relatedness.task_names
+        if isinstance(relatedness, Relatedness)
+        else list(task_names)
+        if task_names is not None
+        else [f"t{i}" for i in range(len(matrix))]
+    )
     s = pair_weights(matrix)
     t = len(s)
     if not 1 <= n_groups <= t:
@@ -206,16 +226,17 @@ def propose_groups(relatedness: Relatedness | np.ndarray, n_groups: int,
     if search not in ("auto", "exhaustive", "local"):
         raise ConfigError(f"search must be 'auto', 'exhaustive' or 'local', got {search!r}")
     exhaustive = search == "exhaustive" or (search == "auto" and t <= exhaustive_max_tasks)
-    labels = _exhaustive(s, n_groups) if exhaustive else _local_search(s, n_groups, restarts,
-                                                                         seed)
+    labels = _exhaustive(s, n_groups) if exhaustive else _local_search(s, n_groups, restarts, seed)
     groups = _canonical_groups(labels, n_groups)
-    return Grouping(groups, list(names), group_score(matrix, groups),
-                    "exhaustive" if exhaustive else "local")
+    return Grouping(
+        groups, list(names), group_score(matrix, groups), "exhaustive" if exhaustive else "local"
+    )
 
 
 # -- evaluation by training ----------------------------------------------------------------
-def train_and_evaluate(taskset: TaskSet, model: str, model_config: dict[str, Any],
-                       train_config: dict[str, Any]) -> dict[str, dict[str, float]]:
+def train_and_evaluate(
+    taskset: TaskSet, model: str, model_config: dict[str, Any], train_config: dict[str, Any]
+) -> dict[str, dict[str, float]]:
     """Train ``model`` on ``taskset`` and return the test metrics per task (an executor
     job)."""
     trained = fit(taskset, model, model_config, TrainConfig(**train_config)).model
@@ -248,31 +269,61 @@ class GroupingEvaluation:
         """``{task: {setting: value}}`` of metric ``key`` (default: the primary one) plus
         an ``average`` row."""
         key = key or self.metric
-        rows = {t: {s: self.metrics[s][t][key] for s in SETTINGS}
-                for t in self.grouping.task_names}
-        rows["average"] = {s: float(np.mean([rows[t][s] for t in self.grouping.task_names]))
-                           for s in SETTINGS}
+        rows = {t: {s: self.metrics[s][t][key] for s in SETTINGS} for t in self.grouping.task_names}
+        rows["average"] = {
+            s: float(np.mean([rows[t][s] for t in self.grouping.task_names])) for s in SETTINGS
+        }
         return rows
 
 
-def evaluate_grouping(taskset: TaskSet, grouping: Grouping, ctx: RelateContext,
-                      ) -> GroupingEvaluation:
+def evaluate_grouping(
+    taskset: TaskSet,
+    grouping: Grouping,
+    ctx: RelateContext,
+) -> GroupingEvaluation:
     """Train ``ctx.model`` on each group, on all tasks together, and single-task models,
     all with ``ctx.train_config`` (the same seed), as jobs on ``ctx.executor`` (cached
     under ``ctx.cache_dir/grouping``); compare the per-task test metrics."""
     if grouping.task_names != taskset.names:
-        raise ConfigError("the grouping was made for other tasks: "
-                          f"{grouping.task_names} vs {taskset.names}")
+        raise ConfigError(
+            f"the grouping was made for other tasks: {grouping.task_names} vs {taskset.names}"
+        )
     train_cfg = ctx.train_config.model_dump()
     model_cfg = dict(ctx.model_config)
-    jobs = [Job(train_and_evaluate, {"taskset": taskset.select_tasks(g), "model": ctx.model,
-                                     "model_config": model_cfg, "train_config": train_cfg})
-            for g in grouping.groups]
-    jobs.append(Job(train_and_evaluate, {"taskset": taskset, "model": ctx.model,
-                                         "model_config": model_cfg, "train_config": train_cfg}))
-    jobs.append(Job(train_and_evaluate, {"taskset": taskset, "model": "stl",
-                                         "model_config": stl_config(model_cfg),
-                                         "train_config": train_cfg}))
+    jobs = [
+        Job(
+            train_and_evaluate,
+            {
+                "taskset": taskset.select_tasks(g),
+                "model": ctx.model,
+                "model_config": model_cfg,
+                "train_config": train_cfg,
+            },
+        )
+        for g in grouping.groups
+    ]
+    jobs.append(
+        Job(
+            train_and_evaluate,
+            {
+                "taskset": taskset,
+                "model": ctx.model,
+                "model_config": model_cfg,
+                "train_config": train_cfg,
+            },
+        )
+    )
+    jobs.append(
+        Job(
+            train_and_evaluate,
+            {
+                "taskset": taskset,
+                "model": "stl",
+                "model_config": stl_config(model_cfg),
+                "train_config": train_cfg,
+            },
+        )
+    )
     cache = Path(ctx.cache_dir) / "grouping" if ctx.cache_dir is not None else None
     results = ctx.executor.map(jobs, cache=cache)
     per_group = {task: m for r in results[:-2] for task, m in r.items()}

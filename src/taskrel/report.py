@@ -60,8 +60,9 @@ def _number(value: Any) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_number(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_number(v)}</td>" for v in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -72,20 +73,27 @@ def render_report(comparison: Comparison, environment: dict[str, Any] | None = N
     data = html.escape(str(c.config.get("data", "")))
     figures = [(rel, f"{name}: R[i, j] > 0 means j helps i") for name, rel in c.results.items()]
     if c.structure is not None:
-        figures.append((Relatedness(c.structure, c.task_names, "known structure"),
-                        "known structure: similarity of the generating weights"))
+        figures.append(
+            (
+                Relatedness(c.structure, c.task_names, "known structure"),
+                "known structure: similarity of the generating weights",
+            )
+        )
     grid = "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{heatmap_png(rel, title)}"><figcaption>{html.escape(title)}</figcaption></figure>'
-        for rel, title in figures)
+        for rel, title in figures
+    )
     rows = [[r["method"], *(r[k] for k, _ in _AGREEMENT_COLUMNS)] for r in c.agreement_table()]
     agreement = _table(["method", *(label for _, label in _AGREEMENT_COLUMNS)], rows)
-    skipped = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(why)}</li>"
-                      for m, why in c.skipped.items())
+    skipped = "".join(
+        f"<li><b>{html.escape(m)}</b>: {html.escape(why)}</li>" for m, why in c.skipped.items()
+    )
     metric_names = sorted({k for m in c.metrics.values() for k in m})
-    metrics = _table(["task", *metric_names],
-                     [[t, *(m.get(k, math.nan) for k in metric_names)]
-                      for t, m in c.metrics.items()])
+    metrics = _table(
+        ["task", *metric_names],
+        [[t, *(m.get(k, math.nan) for k in metric_names)] for t, m in c.metrics.items()],
+    )
     sections = [
         f"<h1>Task relatedness on {data}</h1>",
         f"<p class='note'>{len(c.task_names)} tasks. Every matrix is read the same way: "
@@ -95,18 +103,23 @@ def render_report(comparison: Comparison, environment: dict[str, Any] | None = N
         "without each task), computed separately on the off-diagonal entries (transfer "
         "between tasks) and on the diagonal (a task's own data). Times are wall-clock "
         "seconds on this machine.</p>",
-        "<h2>Agreement</h2>", agreement,
+        "<h2>Agreement</h2>",
+        agreement,
         f"<ul>{skipped}</ul>" if skipped else "",
-        "<h2>Relatedness matrices</h2>", f"<div class='grid'>{grid}</div>",
+        "<h2>Relatedness matrices</h2>",
+        f"<div class='grid'>{grid}</div>",
         f"<h2>Per-task test metrics of {html.escape(str(c.config.get('model', '')))} "
-        "trained on all tasks</h2>", metrics,
+        "trained on all tasks</h2>",
+        metrics,
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(json.dumps(c.config, indent=2, sort_keys=True))}</pre>",
         "<h2>Versions</h2>",
         f"<pre>{html.escape(json.dumps(environment or {}, indent=2, sort_keys=True))}</pre>",
     ]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>taskrel: {data}"
-            f"</title><style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>taskrel: {data}"
+        f"</title><style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
 
 
 def write_comparison(comparison: Comparison, run_dir: str | Path) -> Path:

@@ -62,15 +62,20 @@ class SelectionResult:
         head = "| task | " + " | ".join(SETTINGS) + " |"
         rows = [head, "|---" * (len(SETTINGS) + 1) + "|"]
         for task in self.metrics["all"]:
-            rows.append(f"| {task} | " + " | ".join(f"{self.metrics[s][task][metric]:.4f}"
-                                                    for s in SETTINGS) + " |")
-        rows.append("| average | " + " | ".join(f"{self.summary[s][metric]:.4f}"
-                                                 for s in SETTINGS) + " |")
+            rows.append(
+                f"| {task} | "
+                + " | ".join(f"{self.metrics[s][task][metric]:.4f}" for s in SETTINGS)
+                + " |"
+            )
+        rows.append(
+            "| average | " + " | ".join(f"{self.summary[s][metric]:.4f}" for s in SETTINGS) + " |"
+        )
         return "\n".join(rows)
 
 
-def harmful_examples(scores: np.ndarray, ids: np.ndarray, threshold: float = 0.0,
-                     max_fraction: float = 0.5) -> np.ndarray:
+def harmful_examples(
+    scores: np.ndarray, ids: np.ndarray, threshold: float = 0.0, max_fraction: float = 0.5
+) -> np.ndarray:
     """Ids ``(R, 2)`` of the examples with ``scores < threshold``, at most
     ``floor(max_fraction * n_t)`` per task (the lowest scores first) and never a task's
     last example."""
@@ -107,11 +112,17 @@ def stl_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def select_data(taskset: TaskSet, ctx: RelateContext, target: str | int | None = None,
-                threshold: float = 0.0, max_fraction: float = 0.5, seed: int = 0,
-                data: DataConfig | Mapping[str, Any] | None = None,
-                stl: Mapping[str, Any] | None = None,
-                mtif_options: Mapping[str, Any] | None = None) -> SelectionResult:
+def select_data(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    target: str | int | None = None,
+    threshold: float = 0.0,
+    max_fraction: float = 0.5,
+    seed: int = 0,
+    data: DataConfig | Mapping[str, Any] | None = None,
+    stl: Mapping[str, Any] | None = None,
+    mtif_options: Mapping[str, Any] | None = None,
+) -> SelectionResult:
     """Remove the training examples MTIF predicts to hurt ``target``, retrain, compare.
 
     Args:
@@ -141,19 +152,32 @@ def select_data(taskset: TaskSet, ctx: RelateContext, target: str | int | None =
     removed = harmful_examples(scores, rel.instance_ids, threshold, max_fraction)
     random_removed = random_like(removed, taskset, seed)
     with Retrainer(taskset, ctx, data) as rt:
-        pruned, random_run = rt.run([{"drop_ids": removed.tolist()},
-                                     {"drop_ids": random_removed.tolist()}])
-    stl_ctx = dataclasses.replace(ctx, model="stl",
-                                  model_config=dict(stl or stl_config(ctx.model_config)))
+        pruned, random_run = rt.run(
+            [{"drop_ids": removed.tolist()}, {"drop_ids": random_removed.tolist()}]
+        )
+    stl_ctx = dataclasses.replace(
+        ctx, model="stl", model_config=dict(stl or stl_config(ctx.model_config))
+    )
     with Retrainer(taskset, stl_ctx, data) as rt:
         (stl_run,) = rt.run([{}])
-    metrics = {"all": evaluate(model, taskset, "test"), "mtif": pruned["metrics"],
-               "random": random_run["metrics"], "stl": stl_run["metrics"]}
+    metrics = {
+        "all": evaluate(model, taskset, "test"),
+        "mtif": pruned["metrics"],
+        "random": random_run["metrics"],
+        "stl": stl_run["metrics"],
+    }
     summary = {s: summarize(m) for s, m in metrics.items()}
-    meta = {"threshold": threshold, "max_fraction": max_fraction, "seed": seed,
-            "n_removed": len(removed), "n_train": len(rel.instance_ids),
-            "removed_per_task": {n: int((removed[:, 0] == t).sum())
-                                 for t, n in enumerate(taskset.names)},
-            "mtif": {k: rel.meta[k] for k in ("solver", "structure", "timings_s")}}
-    return SelectionResult(name, rel.instance_ids, scores, removed, random_removed, metrics,
-                           summary, meta)
+    meta = {
+        "threshold": threshold,
+        "max_fraction": max_fraction,
+        "seed": seed,
+        "n_removed": len(removed),
+        "n_train": len(rel.instance_ids),
+        "removed_per_task": {
+            n: int((removed[:, 0] == t).sum()) for t, n in enumerate(taskset.names)
+        },
+        "mtif": {k: rel.meta[k] for k in ("solver", "structure", "timings_s")},
+    }
+    return SelectionResult(
+        name, rel.instance_ids, scores, removed, random_removed, metrics, summary, meta
+    )

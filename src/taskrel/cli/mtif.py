@@ -29,8 +29,12 @@ if TYPE_CHECKING:
     from taskrel.data.taskset import TaskSet
     from taskrel.relatedness import RelateContext
 
-MtifOption = Annotated[list[str] | None, typer.Option(
-    "--option", help="MTIF option KEY=VALUE, e.g. --option solver=cg --option damping=0.01")]
+MtifOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option", help="MTIF option KEY=VALUE, e.g. --option solver=cg --option damping=0.01"
+    ),
+]
 
 
 class Kind(str, Enum):
@@ -42,9 +46,14 @@ class Kind(str, Enum):
 
 @app.command("ground-truth")
 def ground_truth(
-    kind: Annotated[Kind, typer.Option(help="loto: leave one task out; pairwise: {i,j} vs "
-                                            "{i}; loo: leave one example out; lds: random "
-                                            "subsets")] = Kind.loto,
+    kind: Annotated[
+        Kind,
+        typer.Option(
+            help="loto: leave one task out; pairwise: {i,j} vs "
+            "{i}; loo: leave one example out; lds: random "
+            "subsets"
+        ),
+    ] = Kind.loto,
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -63,23 +72,36 @@ def ground_truth(
     (Pearson/Spearman for loo, the linear datamodeling score for lds)."""
     from taskrel.runs import write_json
 
-    run_dir, taskset, ctx = prepare(f"ground-truth-{kind.value}", config, data, seed, set_,
-                                    out, executor, workers, address)
+    run_dir, taskset, ctx = prepare(
+        f"ground-truth-{kind.value}", config, data, seed, set_, out, executor, workers, address
+    )
     try:
         if kind in (Kind.loto, Kind.pairwise):
             summary = _matrix_ground_truth(kind, taskset, ctx, run_dir)
         else:
-            summary = _instance_ground_truth(kind, taskset, ctx, run_dir, examples, subsets,
-                                             fraction, method_options(option),
-                                             0 if seed is None else seed)
+            summary = _instance_ground_truth(
+                kind,
+                taskset,
+                ctx,
+                run_dir,
+                examples,
+                subsets,
+                fraction,
+                method_options(option),
+                0 if seed is None else seed,
+            )
     finally:
         shutdown(ctx)
     write_json(run_dir / "metrics.json", summary, overwrite=True)
     console.print(f"run folder: {run_dir}")
 
 
-def _matrix_ground_truth(kind: Kind, taskset: TaskSet, ctx: RelateContext, run_dir: Path,
-                         ) -> dict[str, Any]:
+def _matrix_ground_truth(
+    kind: Kind,
+    taskset: TaskSet,
+    ctx: RelateContext,
+    run_dir: Path,
+) -> dict[str, Any]:
     from taskrel.relatedness import relate
 
     method = "ground-truth" if kind == Kind.loto else "pairwise"
@@ -87,13 +109,24 @@ def _matrix_ground_truth(kind: Kind, taskset: TaskSet, ctx: RelateContext, run_d
     rel.save(run_dir / "relatedness" / kind.value)
     rel.plot(run_dir / f"{kind.value}.png")
     console.print(rel.to_markdown())
-    return {"kind": kind.value, "retrainings": rel.meta["retrainings"],
-            "wall_time_s": rel.meta["wall_time_s"]}
+    return {
+        "kind": kind.value,
+        "retrainings": rel.meta["retrainings"],
+        "wall_time_s": rel.meta["wall_time_s"],
+    }
 
 
-def _instance_ground_truth(kind: Kind, taskset: TaskSet, ctx: RelateContext, run_dir: Path,
-                           examples: int, n_subsets: int, fraction: float,
-                           options: dict[str, Any], seed: int) -> dict[str, Any]:
+def _instance_ground_truth(
+    kind: Kind,
+    taskset: TaskSet,
+    ctx: RelateContext,
+    run_dir: Path,
+    examples: int,
+    n_subsets: int,
+    fraction: float,
+    options: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
     import time
 
     from taskrel.relatedness import relate
@@ -110,38 +143,56 @@ def _instance_ground_truth(kind: Kind, taskset: TaskSet, ctx: RelateContext, run
     mtif.save(run_dir / "relatedness" / "mtif")
     assert mtif.instance_scores is not None and mtif.instance_ids is not None
     start = time.perf_counter()
+    summary: dict[str, Any]
     if kind == Kind.loo:
         ids = sample_train_ids(taskset, examples, seed)
         effects = loo_effects(taskset, ctx, ids)
         index = {tuple(i): n for n, i in enumerate(mtif.instance_ids.tolist())}
         predicted = mtif.instance_scores[[index[tuple(i)] for i in ids.tolist()]]
         np.savez_compressed(run_dir / "loo.npz", ids=ids, actual=effects, predicted=predicted)
-        summary = {"pearson": correlate(predicted.ravel(), effects.ravel(), "pearson"),
-                   "spearman": correlate(predicted.ravel(), effects.ravel(), "spearman")}
+        summary = {
+            "pearson": correlate(predicted.ravel(), effects.ravel(), "pearson"),
+            "spearman": correlate(predicted.ravel(), effects.ravel(), "spearman"),
+        }
         rows = {"mtif vs loo": summary}
     else:
         removed = random_subsets(taskset, n_subsets, fraction, seed)
         losses = subset_losses(taskset, ctx, removed)
         lds = linear_datamodeling_score(mtif.instance_scores, mtif.instance_ids, removed, losses)
-        np.savez_compressed(run_dir / "lds.npz", losses=losses, lds=lds, removed=np.concatenate(
-            [np.column_stack([np.full(len(r), m), r]) for m, r in enumerate(removed)]))
-        summary = {"lds_mean": float(np.nanmean(lds)),
-                   "lds_per_task": dict(zip(taskset.names, lds.tolist(), strict=True))}
+        np.savez_compressed(
+            run_dir / "lds.npz",
+            losses=losses,
+            lds=lds,
+            removed=np.concatenate(
+                [np.column_stack([np.full(len(r), m), r]) for m, r in enumerate(removed)]
+            ),
+        )
+        summary = {
+            "lds_mean": float(np.nanmean(lds)),
+            "lds_per_task": dict(zip(taskset.names, lds.tolist(), strict=True)),
+        }
         rows = {name: {"lds": v} for name, v in summary["lds_per_task"].items()}
         rows["mean"] = {"lds": summary["lds_mean"]}
-    console.print(metrics_table(f"MTIF vs {kind.value} retraining", rows,
-                                list(next(iter(rows.values())))))
-    return {"kind": kind.value, **summary, "retrain_wall_time_s": time.perf_counter() - start,
-            "mtif_wall_time_s": mtif.meta["wall_time_s"]}
+    console.print(
+        metrics_table(f"MTIF vs {kind.value} retraining", rows, list(next(iter(rows.values()))))
+    )
+    return {
+        "kind": kind.value,
+        **summary,
+        "retrain_wall_time_s": time.perf_counter() - start,
+        "mtif_wall_time_s": mtif.meta["wall_time_s"],
+    }
 
 
 @app.command()
 def select(
-    target: Annotated[str, typer.Option(help="target task name, or 'average' (mean test "
-                                             "loss over tasks)")] = "average",
+    target: Annotated[
+        str, typer.Option(help="target task name, or 'average' (mean test loss over tasks)")
+    ] = "average",
     threshold: Annotated[float, typer.Option(help="remove examples scoring below it")] = 0.0,
-    max_fraction: Annotated[float, typer.Option(help="at most this fraction of each task "
-                                                     "is removed")] = 0.5,
+    max_fraction: Annotated[
+        float, typer.Option(help="at most this fraction of each task is removed")
+    ] = 0.5,
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -158,30 +209,50 @@ def select(
     from taskrel.runs import write_json
     from taskrel.selection import SETTINGS, select_data
 
-    run_dir, taskset, ctx = prepare("select", config, data, seed, set_, out, executor,
-                                    workers, address)
+    run_dir, taskset, ctx = prepare(
+        "select", config, data, seed, set_, out, executor, workers, address
+    )
     try:
-        result = select_data(taskset, ctx, None if target == "average" else target,
-                             threshold=threshold, max_fraction=max_fraction,
-                             seed=0 if seed is None else seed,
-                             mtif_options=method_options(option))
+        result = select_data(
+            taskset,
+            ctx,
+            None if target == "average" else target,
+            threshold=threshold,
+            max_fraction=max_fraction,
+            seed=0 if seed is None else seed,
+            mtif_options=method_options(option),
+        )
     finally:
         shutdown(ctx)
-    write_json(run_dir / "selection.json",
-               {"target": result.target, "metrics": result.metrics, "summary": result.summary,
-                "meta": result.meta}, overwrite=True)
-    rows = ["task,row,score"] + [f"{taskset.names[t]},{r},{s:.6g}" for (t, r), s in zip(
-        result.ids.tolist(), result.scores.tolist(), strict=True)
-        if any((result.removed == (t, r)).all(1))]
+    write_json(
+        run_dir / "selection.json",
+        {
+            "target": result.target,
+            "metrics": result.metrics,
+            "summary": result.summary,
+            "meta": result.meta,
+        },
+        overwrite=True,
+    )
+    rows = ["task,row,score"] + [
+        f"{taskset.names[t]},{r},{s:.6g}"
+        for (t, r), s in zip(result.ids.tolist(), result.scores.tolist(), strict=True)
+        if any((result.removed == (t, r)).all(1))
+    ]
     (run_dir / "removed.csv").write_text("\n".join(rows) + "\n")
     for metric in _primary_metrics(result.summary["all"]):
-        table = {task: {s: result.metrics[s][task][metric] for s in SETTINGS}
-                 for task in result.metrics["all"]}
+        table = {
+            task: {s: result.metrics[s][task][metric] for s in SETTINGS}
+            for task in result.metrics["all"]
+        }
         table["average"] = {s: result.summary[s][metric] for s in SETTINGS}
-        console.print(metrics_table(f"test {metric} (target: {result.target})", table,
-                                    list(SETTINGS)))
-    console.print(f"removed {len(result.removed)} of {len(result.ids)} training examples; "
-                  f"run folder: {run_dir}")
+        console.print(
+            metrics_table(f"test {metric} (target: {result.target})", table, list(SETTINGS))
+        )
+    console.print(
+        f"removed {len(result.removed)} of {len(result.ids)} training examples; "
+        f"run folder: {run_dir}"
+    )
 
 
 def _primary_metrics(summary: dict[str, float]) -> list[str]:

@@ -17,21 +17,33 @@ if TYPE_CHECKING:
     from taskrel.data.taskset import TaskSet
     from taskrel.relatedness import RelateContext
 
-ConfigOption = Annotated[Path | None, typer.Option(help="TOML/JSON run config (data, model, "
-                                                        "train)")]
-DataOption = Annotated[str | None, typer.Option(help="dataset name or file (overrides the "
-                                                     "config)")]
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="TOML/JSON run config (data, model, train)")
+]
+DataOption = Annotated[str | None, typer.Option(help="dataset name or file (overrides the config)")]
 SeedOption = Annotated[int | None, typer.Option(help="random seed (overrides the config)")]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="override a config field, e.g. --set model.hidden=[] --set train.epochs=50")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="override a config field, e.g. --set model.hidden=[] --set train.epochs=50"
+    ),
+]
 ExecutorOption = Annotated[str, typer.Option(help="where retrainings run: local or ray")]
 WorkersOption = Annotated[int, typer.Option(help="local processes (or CPUs of a local Ray)")]
 AddressOption = Annotated[str | None, typer.Option(help="address of a Ray cluster")]
 
 
-def prepare(kind: str, config: Path | None, data: str | None, seed: int | None,
-            overrides: list[str] | None, out: Path | None, executor: str, workers: int,
-            address: str | None) -> tuple[Path, TaskSet, RelateContext]:
+def prepare(
+    kind: str,
+    config: Path | None,
+    data: str | None,
+    seed: int | None,
+    overrides: list[str] | None,
+    out: Path | None,
+    executor: str,
+    workers: int,
+    address: str | None,
+) -> tuple[Path, TaskSet, RelateContext]:
     """Run config, task set, relatedness context and a new run folder (holding
     ``config.json`` and ``environment.json``) for a command.
 
@@ -50,13 +62,18 @@ def prepare(kind: str, config: Path | None, data: str | None, seed: int | None,
         items.append(f"seed={seed}")
     cfg = load_run_config(config, items)
     taskset = load_taskset(cfg)
-    ctx = RelateContext(model=cfg.model_name, model_config=cfg.model_options,
-                        train_config=cfg.train.model_copy(update={"seed": cfg.seed}),
-                        executor=make_executor(executor, workers, address))
+    ctx = RelateContext(
+        model=cfg.model_name,
+        model_config=cfg.model_options,
+        train_config=cfg.train.model_copy(update={"seed": cfg.seed}),
+        executor=make_executor(executor, workers, address),
+    )
     run_dir = new_run_dir(out, kind=kind)
     ctx.cache_dir = run_dir / "cache"
-    record_run(run_dir, {"command": kind, "run": cfg.model_dump(), "executor": executor,
-                         "workers": workers})
+    record_run(
+        run_dir,
+        {"command": kind, "run": cfg.model_dump(), "executor": executor, "workers": workers},
+    )
     return run_dir, taskset, ctx
 
 
@@ -77,14 +94,16 @@ def shutdown(ctx: RelateContext) -> None:
 
 @app.command()
 def relate(
-    method: Annotated[str, typer.Option(help="relatedness method, e.g. mtif, gradient, "
-                                             "affinity, ground-truth")] = "mtif",
+    method: Annotated[
+        str, typer.Option(help="relatedness method, e.g. mtif, gradient, affinity, ground-truth")
+    ] = "mtif",
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
     set_: SetOption = None,
-    option: Annotated[list[str] | None, typer.Option(
-        help="method option KEY=VALUE, e.g. --option every=2")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="method option KEY=VALUE, e.g. --option every=2")
+    ] = None,
     executor: ExecutorOption = "local",
     workers: WorkersOption = 1,
     address: AddressOption = None,
@@ -101,8 +120,9 @@ def relate(
     unavailable = check_methods([method], {method: opts})
     if unavailable:
         raise ConfigError(f"method {method!r}: {unavailable[method]}")
-    run_dir, taskset, ctx = prepare("relate", config, data, seed, set_, out, executor,
-                                    workers, address)
+    run_dir, taskset, ctx = prepare(
+        "relate", config, data, seed, set_, out, executor, workers, address
+    )
     try:
         rel = compute(taskset, method, ctx, **opts)
     finally:
@@ -117,13 +137,16 @@ def relate(
 @app.command()
 def compare(
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = (
-        "mtif,gradient,affinity,vmtl,feedback,ground-truth"),
+        "mtif,gradient,affinity,vmtl,feedback,ground-truth"
+    ),
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
     set_: SetOption = None,
-    option: Annotated[list[str] | None, typer.Option(
-        help="method option METHOD.KEY=VALUE, e.g. --option gradient.every=2")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(help="method option METHOD.KEY=VALUE, e.g. --option gradient.every=2"),
+    ] = None,
     executor: ExecutorOption = "local",
     workers: WorkersOption = 1,
     address: AddressOption = None,
@@ -139,8 +162,9 @@ def compare(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     opts = method_options(option)
     check_methods(names, opts)
-    run_dir, taskset, ctx = prepare("compare", config, data, seed, set_, out, executor,
-                                    workers, address)
+    run_dir, taskset, ctx = prepare(
+        "compare", config, data, seed, set_, out, executor, workers, address
+    )
     start = time.perf_counter()
     try:
         comparison = run(taskset, names, ctx, opts, log=console.print)
@@ -165,12 +189,15 @@ def report(
 @app.command()
 def group(
     groups: Annotated[int, typer.Option("--groups", help="number of groups")] = 2,
-    relatedness: Annotated[Path | None, typer.Option(
-        help="a saved relatedness JSON (default: compute --method)")] = None,
-    method: Annotated[str, typer.Option(help="method computing the matrix when no "
-                                             "--relatedness file is given")] = "mtif",
-    evaluate: Annotated[bool, typer.Option(help="train each group, all tasks together "
-                                                "and single-task models")] = True,
+    relatedness: Annotated[
+        Path | None, typer.Option(help="a saved relatedness JSON (default: compute --method)")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="method computing the matrix when no --relatedness file is given")
+    ] = "mtif",
+    evaluate: Annotated[
+        bool, typer.Option(help="train each group, all tasks together and single-task models")
+    ] = True,
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -188,27 +215,37 @@ def group(
     from taskrel.relatedness import relate as compute
     from taskrel.runs import write_json
 
-    run_dir, taskset, ctx = prepare("group", config, data, seed, set_, out, executor,
-                                    workers, address)
+    run_dir, taskset, ctx = prepare(
+        "group", config, data, seed, set_, out, executor, workers, address
+    )
     try:
         if relatedness is not None:
             rel = Relatedness.load(relatedness)
             if rel.task_names != taskset.names:
-                raise ConfigError(f"{relatedness}: its tasks {rel.task_names} are not those "
-                                  f"of the data {taskset.names}")
+                raise ConfigError(
+                    f"{relatedness}: its tasks {rel.task_names} are not those "
+                    f"of the data {taskset.names}"
+                )
         else:
             rel = compute(taskset, method, ctx)
         proposal = propose_groups(rel, groups)
-        doc: dict[str, Any] = {"source": str(relatedness or rel.method), "n_groups": groups,
-                               "groups": proposal.named(), "score": proposal.score,
-                               "search": proposal.search}
-        console.print(f"groups ({proposal.search} search, score {proposal.score:.4g}): "
-                      + " | ".join(", ".join(g) for g in proposal.named()))
+        doc: dict[str, Any] = {
+            "source": str(relatedness or rel.method),
+            "n_groups": groups,
+            "groups": proposal.named(),
+            "score": proposal.score,
+            "search": proposal.search,
+        }
+        console.print(
+            f"groups ({proposal.search} search, score {proposal.score:.4g}): "
+            + " | ".join(", ".join(g) for g in proposal.named())
+        )
         if evaluate:
             result = evaluate_grouping(taskset, proposal, ctx)
             doc["metric"], doc["metrics"] = result.metric, result.metrics
-            console.print(metrics_table(f"test {result.metric} per task", result.table(),
-                                        list(SETTINGS)))
+            console.print(
+                metrics_table(f"test {result.metric} per task", result.table(), list(SETTINGS))
+            )
     finally:
         shutdown(ctx)
     write_json(run_dir / "grouping.json", doc, overwrite=True)

@@ -50,9 +50,10 @@ class _TaskLosses(nn.Module):
         return torch.stack([self.model.loss(b.x, b.y, b.task).mean() for b in batches])
 
 
-def shared_task_gradients(model: MTLModel, batches: list[Batch],
-                          ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor],
-                                     dict[str, Tensor], Tensor]:
+def shared_task_gradients(
+    model: MTLModel,
+    batches: list[Batch],
+) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
     """Gradients of every task's batch loss w.r.t. the shared parameters.
 
     One reverse pass vectorised over the ``T`` task losses (:func:`torch.func.jacrev`).
@@ -69,8 +70,10 @@ def shared_task_gradients(model: MTLModel, batches: list[Batch],
     """
     shared = {f"model.{n}": p.detach() for n, p in model.shared_parameters().items()}
     if not shared:
-        raise ConfigError(f"model {model.name!r} has no shared parameters; gradient-based "
-                          "relatedness needs a model that shares some (e.g. 'hard')")
+        raise ConfigError(
+            f"model {model.name!r} has no shared parameters; gradient-based "
+            "relatedness needs a model that shares some (e.g. 'hard')"
+        )
     wrapper = _TaskLosses(model)
     fixed = {n: p.detach() for n, p in wrapper.named_parameters() if n not in shared}
     fixed.update(dict(wrapper.named_buffers()))
@@ -105,9 +108,13 @@ def lookahead_affinity_step(model: MTLModel, batches: list[Batch], lr: float) ->
     return 1.0 - after.T / losses[:, None]
 
 
-def record_during_training(taskset: TaskSet, ctx: RelateContext, probe: Probe, every: int,
-                           train_config: TrainConfig | None = None,
-                           ) -> tuple[np.ndarray, int, TrainResult]:
+def record_during_training(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    probe: Probe,
+    every: int,
+    train_config: TrainConfig | None = None,
+) -> tuple[np.ndarray, int, TrainResult]:
     """Train ``ctx.model`` on ``taskset`` (with ``train_config``, default
     ``ctx.train_config``) and average ``probe`` over every ``every``-th step (steps 0,
     every, 2*every, ...).
@@ -131,21 +138,32 @@ def record_during_training(taskset: TaskSet, ctx: RelateContext, probe: Probe, e
         model.train(was_training)
         count += 1
 
-    result = fit(taskset, ctx.model, ctx.model_config, train_config or ctx.train_config,
-                 on_step=on_step, progress=ctx.progress)
+    result = fit(
+        taskset,
+        ctx.model,
+        ctx.model_config,
+        train_config or ctx.train_config,
+        on_step=on_step,
+        progress=ctx.progress,
+    )
     return (total / max(count, 1)).numpy(), count, result
 
 
-def _train_config(ctx: RelateContext, override: TrainConfig | Mapping[str, Any] | None,
-                  ) -> TrainConfig:
+def _train_config(
+    ctx: RelateContext,
+    override: TrainConfig | Mapping[str, Any] | None,
+) -> TrainConfig:
     if override is None:
         return ctx.train_config
     return override if isinstance(override, TrainConfig) else TrainConfig(**override)
 
 
-def gradient_cosine(taskset: TaskSet, ctx: RelateContext, every: int = 5,
-                    train_config: TrainConfig | Mapping[str, Any] | None = None,
-                    ) -> Relatedness:
+def gradient_cosine(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    every: int = 5,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+) -> Relatedness:
     """Task-gradient cosine similarity on the shared parameters, averaged over training.
 
     Args:
@@ -161,16 +179,27 @@ def gradient_cosine(taskset: TaskSet, ctx: RelateContext, every: int = 5,
     """
     cfg = _train_config(ctx, train_config)
     matrix, count, _ = record_during_training(taskset, ctx, gradient_cosine_step, every, cfg)
-    return Relatedness(matrix, taskset.names, "gradient",
-                       meta={"units": "cosine of shared-parameter gradients", "every": every,
-                             "recorded_steps": count, "model": ctx.model,
-                             "train_config": cfg.model_dump()})
+    return Relatedness(
+        matrix,
+        taskset.names,
+        "gradient",
+        meta={
+            "units": "cosine of shared-parameter gradients",
+            "every": every,
+            "recorded_steps": count,
+            "model": ctx.model,
+            "train_config": cfg.model_dump(),
+        },
+    )
 
 
-def lookahead_affinity(taskset: TaskSet, ctx: RelateContext, every: int = 5,
-                       lr: float | None = None,
-                       train_config: TrainConfig | Mapping[str, Any] | None = None,
-                       ) -> Relatedness:
+def lookahead_affinity(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    every: int = 5,
+    lr: float | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+) -> Relatedness:
     """Lookahead inter-task affinity, averaged over training.
 
     Args:
@@ -191,9 +220,22 @@ def lookahead_affinity(taskset: TaskSet, ctx: RelateContext, every: int = 5,
     if step <= 0:
         raise ConfigError(f"lookahead lr must be > 0, got {step}")
     matrix, count, _ = record_during_training(
-        taskset, ctx, lambda model, batches: lookahead_affinity_step(model, batches, step),
-        every, cfg)
-    return Relatedness(matrix, taskset.names, "affinity",
-                       meta={"units": "relative drop of the target's batch loss",
-                             "every": every, "lr": step, "recorded_steps": count,
-                             "model": ctx.model, "train_config": cfg.model_dump()})
+        taskset,
+        ctx,
+        lambda model, batches: lookahead_affinity_step(model, batches, step),
+        every,
+        cfg,
+    )
+    return Relatedness(
+        matrix,
+        taskset.names,
+        "affinity",
+        meta={
+            "units": "relative drop of the target's batch loss",
+            "every": every,
+            "lr": step,
+            "recorded_steps": count,
+            "model": ctx.model,
+            "train_config": cfg.model_dump(),
+        },
+    )

@@ -100,8 +100,9 @@ def _cumsum(values: Sequence[int]) -> list[int]:
 ExampleLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (theta (p,), x_i, y_i) -> scalar
 
 
-def per_example_grads(loss: ExampleLoss, theta: Tensor, x: Tensor, y: Tensor,
-                      chunk_size: int = 256) -> Iterator[Tensor]:
+def per_example_grads(
+    loss: ExampleLoss, theta: Tensor, x: Tensor, y: Tensor, chunk_size: int = 256
+) -> Iterator[Tensor]:
     """Gradients of ``loss(theta, x_i, y_i)`` for every example, streamed in chunks.
 
     Batched with ``torch.func.vmap(grad(loss))`` (no Python loop per example); only one
@@ -121,17 +122,24 @@ def per_example_grads(loss: ExampleLoss, theta: Tensor, x: Tensor, y: Tensor,
         yield batched(theta, x[start : start + chunk_size], y[start : start + chunk_size])
 
 
-def hvp(fn: Callable[[Tensor], Tensor], theta: Tensor, v: Tensor, chunk_size: int = 64,
-        ) -> Tensor:
+def hvp(
+    fn: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    v: Tensor,
+    chunk_size: int = 64,
+) -> Tensor:
     """Hessian of the scalar ``fn`` at ``theta`` times ``v`` ``(p, k)``, returns ``(p, k)``.
 
     Forward-over-reverse (``jvp`` of ``grad``), vectorised over up to ``chunk_size``
     columns at a time."""
+
     def one(col: Tensor) -> Tensor:
         return jvp(grad(fn), (theta,), (col,))[1]
 
-    cols = [vmap(one, in_dims=1, out_dims=1)(v[:, s : s + chunk_size])
-            for s in range(0, v.shape[1], chunk_size)]
+    cols = [
+        vmap(one, in_dims=1, out_dims=1)(v[:, s : s + chunk_size])
+        for s in range(0, v.shape[1], chunk_size)
+    ]
     return torch.cat(cols, dim=1) if cols else torch.zeros_like(v)
 
 
@@ -177,8 +185,12 @@ class HessianOperator(SymmetricOperator):
     ``fn`` takes a ``(p,)`` vector; ``chunk_size`` bounds the number of columns pushed
     through autograd at once (memory)."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], theta: Tensor, chunk_size: int = 64,
-                 ) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        theta: Tensor,
+        chunk_size: int = 256,
+    ) -> None:
         self.fn = fn
         self.theta = theta.detach()
         self.dim = theta.numel()
@@ -227,8 +239,11 @@ def _dense_factor(h: Tensor, damping: float) -> Factor:
     return Factor(solve, bool(shifted.min() > 0))
 
 
-def lanczos_extremes(op: SymmetricOperator, iters: int = 60, seed: int = 0,
-                     ) -> tuple[float, float]:
+def lanczos_extremes(
+    op: SymmetricOperator,
+    iters: int = 60,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Smallest and largest eigenvalue estimates of ``op`` by ``iters`` Lanczos steps
     (full reorthogonalisation; random start drawn from ``seed``). Extreme eigenvalues
     converge first, so a few dozen steps suffice for a diagnostic."""
@@ -303,8 +318,12 @@ class Solver(ABC):
     def __init__(self, damping: Damping = "auto") -> None:
         self.damping = damping
 
-    def solve(self, op: SymmetricOperator, rhs: Tensor, diagnose: bool = True,
-              ) -> tuple[Tensor, SolveReport]:
+    def solve(
+        self,
+        op: SymmetricOperator,
+        rhs: Tensor,
+        diagnose: bool = True,
+    ) -> tuple[Tensor, SolveReport]:
         """Solutions ``(p, k)`` and a :class:`SolveReport`.
 
         With ``diagnose`` (default) the extreme eigenvalues are estimated, ``"auto"``
@@ -327,7 +346,9 @@ class Solver(ABC):
                 f"{self.name}: the Hessian is not positive definite (smallest eigenvalue "
                 f"estimate {lo:.3g}, largest {hi:.3g}); damping {damping:.3g} used. Influence "
                 "scores of a non-convex model at a non-minimum are approximate.",
-                NotPositiveDefiniteWarning, stacklevel=2)
+                NotPositiveDefiniteWarning,
+                stacklevel=2,
+            )
             report.notes.append("Hessian not positive definite")
         return x, report
 
@@ -337,8 +358,9 @@ class Solver(ABC):
         return False
 
     @abstractmethod
-    def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
-               hi: float) -> tuple[Tensor, SolveReport]:
+    def _solve(
+        self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
+    ) -> tuple[Tensor, SolveReport]:
         """Solve with a resolved damping; ``lo``/``hi``: eigenvalue estimates of ``op``."""
 
     def with_damping(self, damping: float) -> Solver:
@@ -354,11 +376,11 @@ class ExplicitSolver(Solver):
 
     name = "explicit"
 
-    def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
-               hi: float) -> tuple[Tensor, SolveReport]:
+    def _solve(
+        self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
+    ) -> tuple[Tensor, SolveReport]:
         factor = op.factorize(damping)
-        return factor.solve(rhs), SolveReport(self.name, damping, lo, hi,
-                                              factor.positive_definite)
+        return factor.solve(rhs), SolveReport(self.name, damping, lo, hi, factor.positive_definite)
 
 
 class CGSolver(Solver):
@@ -371,14 +393,19 @@ class CGSolver(Solver):
 
     name = "cg"
 
-    def __init__(self, damping: Damping = "auto", tol: float = 1e-10, max_iter: int = 1000,
-                 ) -> None:
+    def __init__(
+        self,
+        damping: Damping = "auto",
+        tol: float = 1e-10,
+        max_iter: int = 1000,
+    ) -> None:
         super().__init__(damping)
         self.tol = tol
         self.max_iter = max_iter
 
-    def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
-               hi: float) -> tuple[Tensor, SolveReport]:
+    def _solve(
+        self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
+    ) -> tuple[Tensor, SolveReport]:
         x = torch.zeros_like(rhs)
         r = rhs.clone()
         d = r.clone()
@@ -394,8 +421,9 @@ class CGSolver(Solver):
             hd = op.matvec(d) + damping * d
             curv = (d * hd).sum(0)
             negative |= bool(((curv <= 0) & active).any())
-            alpha = torch.where(active & (curv > 0), rs / curv.clamp(min=1e-300),
-                                torch.zeros_like(rs))
+            alpha = torch.where(
+                active & (curv > 0), rs / curv.clamp(min=1e-300), torch.zeros_like(rs)
+            )
             x = x + alpha * d
             r = r - alpha * hd
             rs_new = (r * r).sum(0)
@@ -416,8 +444,13 @@ class LissaSolver(Solver):
 
     name = "lissa"
 
-    def __init__(self, damping: Damping = "auto", scale: float | None = None, tol: float = 1e-10,
-                 max_iter: int = 20000) -> None:
+    def __init__(
+        self,
+        damping: Damping = "auto",
+        scale: float | None = None,
+        tol: float = 1e-10,
+        max_iter: int = 20000,
+    ) -> None:
         super().__init__(damping)
         self.scale = scale
         self.tol = tol
@@ -427,13 +460,15 @@ class LissaSolver(Solver):
     def needs_spectrum(self) -> bool:
         return self.scale is None
 
-    def _solve(self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float,
-               hi: float) -> tuple[Tensor, SolveReport]:
+    def _solve(
+        self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
+    ) -> tuple[Tensor, SolveReport]:
         scale = self.scale if self.scale is not None else 1.1 * (hi + damping)
         notes = []
         if scale <= hi + damping:
-            notes.append(f"scale {scale:.3g} <= largest eigenvalue {hi + damping:.3g}: "
-                         "LiSSA diverges")
+            notes.append(
+                f"scale {scale:.3g} <= largest eigenvalue {hi + damping:.3g}: LiSSA diverges"
+            )
         h = rhs.clone()
         it, change = 0, math.inf
         while it < self.max_iter and change >= self.tol:
@@ -441,12 +476,16 @@ class LissaSolver(Solver):
             step = rhs - (op.matvec(h) + damping * h) / scale
             h = h + step
             change = float((step.norm(dim=0) / h.norm(dim=0).clamp(min=1e-300)).max())
-        return h / scale, SolveReport(self.name, damping, lo, hi, lo + damping > 0,
-                                      iterations=it, notes=notes)
+        return h / scale, SolveReport(
+            self.name, damping, lo, hi, lo + damping > 0, iterations=it, notes=notes
+        )
 
 
-SOLVERS: dict[str, type[Solver]] = {"explicit": ExplicitSolver, "cg": CGSolver,
-                                    "lissa": LissaSolver}
+SOLVERS: dict[str, type[Solver]] = {
+    "explicit": ExplicitSolver,
+    "cg": CGSolver,
+    "lissa": LissaSolver,
+}
 
 
 def make_solver(name: str | Solver, damping: Damping = "auto", **options: Any) -> Solver:

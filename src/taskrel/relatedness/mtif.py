@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Literal
 
 import numpy as np
@@ -61,8 +61,10 @@ from taskrel.relatedness.result import Relatedness
 
 Weighting = Literal["fixed", "renormalized"]
 TaskLevel = Literal["first-order", "newton"]
-UNITS = ("predicted change of the target task's mean test loss when the source's training "
-         "data are removed (loss units); positive: the source helps the target")
+UNITS = (
+    "predicted change of the target task's mean test loss when the source's training "
+    "data are removed (loss units); positive: the source helps the target"
+)
 
 
 class _Method(nn.Module):
@@ -86,8 +88,12 @@ class MTLFunctions:
         train, test: per task, ``(x, y)`` tensors of the split (float inputs in ``dtype``).
     """
 
-    def __init__(self, model: MTLModel, taskset: TaskSet, dtype: torch.dtype = torch.float64,
-                 ) -> None:
+    def __init__(
+        self,
+        model: MTLModel,
+        taskset: TaskSet,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         model.eval()
         self.model = model
         self.n_tasks = len(taskset)
@@ -100,8 +106,10 @@ class MTLFunctions:
         self.test = [self._tensors(task.arrays("test"), dtype) for task in taskset.tasks]
 
     @staticmethod
-    def _tensors(arrays: tuple[np.ndarray, np.ndarray], dtype: torch.dtype,
-                 ) -> tuple[Tensor, Tensor]:
+    def _tensors(
+        arrays: tuple[np.ndarray, np.ndarray],
+        dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
         def cast(a: np.ndarray) -> Tensor:
             t = torch.as_tensor(a)
             return t.to(dtype) if t.is_floating_point() else t
@@ -129,9 +137,13 @@ class MTLFunctions:
         data = [wt * self.mean_loss(theta, t) for t, wt in enumerate(w) if wt != 0.0]
         return torch.stack(data).sum() + self.penalty(theta) if data else self.penalty(theta)
 
-    def restrict(self, fn: Callable[[Tensor], Tensor], coords: Tensor,
-                 ) -> Callable[[Tensor], Tensor]:
+    def restrict(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        coords: Tensor,
+    ) -> Callable[[Tensor], Tensor]:
         """``fn`` as a function of the coordinates ``coords`` only (others at theta_hat)."""
+
         def local(values: Tensor) -> Tensor:
             return fn(self.theta.index_copy(0, coords, values))
 
@@ -139,6 +151,7 @@ class MTLFunctions:
 
     def example_loss(self, task: int, coords: Tensor) -> ExampleLoss:
         """Loss of one example of ``task`` as a function of the coordinates ``coords``."""
+
         def loss(values: Tensor, x: Tensor, y: Tensor) -> Tensor:
             theta = self.theta.index_copy(0, coords, values)
             return self.losses(theta, task, x.unsqueeze(0), y.unsqueeze(0))[0]
@@ -174,14 +187,20 @@ class BlockArrow(SymmetricOperator):
         dim: the number of parameters ``p``.
     """
 
-    def __init__(self, shared: Tensor, cross: list[Tensor], blocks: list[Tensor],
-                 shared_coords: Tensor | None, task_coords: list[Tensor], dim: int) -> None:
+    def __init__(
+        self,
+        shared: Tensor,
+        cross: list[Tensor],
+        blocks: list[Tensor],
+        shared_coords: Tensor | None,
+        task_coords: list[Tensor],
+        dim: int,
+    ) -> None:
         self.shared, self.cross, self.blocks = shared, cross, blocks
         self.shared_coords, self.task_coords = shared_coords, task_coords
         self.dim = dim
         self.dtype = shared.dtype if shared.numel() else blocks[0].dtype
-        covered = torch.cat([*task_coords] + ([shared_coords] if shared_coords is not None
-                                              else []))
+        covered = torch.cat([*task_coords] + ([shared_coords] if shared_coords is not None else []))
         if covered.numel() != dim or torch.unique(covered).numel() != dim:
             raise ValueError("block-arrow blocks must partition the parameters exactly")
 
@@ -192,8 +211,10 @@ class BlockArrow(SymmetricOperator):
     def matvec(self, v: Tensor) -> Tensor:
         out = torch.zeros_like(v)
         parts = [v[c] for c in self.task_coords]
-        coupled = sum((b.T @ p for b, p in zip(self.cross, parts, strict=True)),
-                      torch.zeros(self.shared.shape[0], v.shape[1], dtype=v.dtype))
+        coupled = sum(
+            (b.T @ p for b, p in zip(self.cross, parts, strict=True)),
+            torch.zeros(self.shared.shape[0], v.shape[1], dtype=v.dtype),
+        )
         if self.auxiliary:
             w = torch.linalg.solve(self.shared, coupled) if self.shared.numel() else coupled
             for c, a, b, p in zip(self.task_coords, self.blocks, self.cross, parts, strict=True):
@@ -223,10 +244,14 @@ class BlockArrow(SymmetricOperator):
         pd = pd and (q == 0 or bool(torch.linalg.eigvalsh(0.5 * (schur + schur.T))[0] > 0))
 
         def solve(rhs: Tensor) -> Tensor:
-            y = [torch.linalg.solve(a, rhs[c]) for a, c in zip(blocks, self.task_coords,
-                                                                 strict=True)]
-            b_s = (torch.zeros(q, rhs.shape[1], dtype=rhs.dtype) if self.auxiliary
-                   else rhs[self.shared_coords])
+            y = [
+                torch.linalg.solve(a, rhs[c]) for a, c in zip(blocks, self.task_coords, strict=True)
+            ]
+            b_s = (
+                torch.zeros(q, rhs.shape[1], dtype=rhs.dtype)
+                if self.auxiliary
+                else rhs[self.shared_coords]
+            )
             for b, yt in zip(self.cross, y, strict=True):
                 b_s = b_s - b.T @ yt
             x_s = torch.linalg.solve(schur, b_s) if q else b_s
@@ -272,7 +297,7 @@ class Structure(ABC):
         out = []
         for t in range(self.n_tasks):
             coords = self.local_coords(t)
-            fn = fns.restrict(lambda th, t=t: fns.mean_loss(th, t), coords)
+            fn = fns.restrict(partial(fns.mean_loss, task=t), coords)
             data = HessianOperator(fn, fns.theta[coords], chunk_size=512).dense()
             out.append((data, penalty[coords][:, coords]))
         return out
@@ -305,8 +330,14 @@ class HardStructure(Structure):
             cross.append(local[q:, :q])
             blocks.append(local[q:, q:])
             coords.append(self.fns.space.indices(self.fns.model.task_parameter_names(t)))
-        return BlockArrow(shared, cross, blocks, self.fns.space.indices(self.shared_names),
-                          coords, self.fns.space.numel)
+        return BlockArrow(
+            shared,
+            cross,
+            blocks,
+            self.fns.space.indices(self.shared_names),
+            coords,
+            self.fns.space.numel,
+        )
 
 
 class SoftStructure(Structure):
@@ -325,7 +356,7 @@ class SoftStructure(Structure):
     def coupling(self) -> float:
         model = self.fns.model
         assert isinstance(model, SoftSharing)
-        return float(model.config.coupling)  # type: ignore[attr-defined]
+        return float(model.config.coupling)
 
     @cached_property
     def coupled_positions(self) -> list[Tensor]:
@@ -344,8 +375,11 @@ class SoftStructure(Structure):
         for t in range(self.n_tasks):
             local = self.local_coords(t)
             where = {int(c): i for i, c in enumerate(local)}
-            out.append(torch.tensor([where[int(c)] for c in self.fns.space.indices(per_task[t])],
-                                    dtype=torch.long))
+            out.append(
+                torch.tensor(
+                    [where[int(c)] for c in self.fns.space.indices(per_task[t])], dtype=torch.long
+                )
+            )
         return out
 
     def block_system(self, without: int | None = None) -> BlockArrow:
@@ -373,8 +407,9 @@ def structure_for(fns: MTLFunctions) -> Structure:
         return HardStructure(fns)
     if isinstance(fns.model, SoftSharing):
         return SoftStructure(fns)
-    raise ConfigError(f"mtif supports the hard, soft and stl models, not "
-                      f"{type(fns.model).__name__!r}")
+    raise ConfigError(
+        f"mtif supports the hard, soft and stl models, not {type(fns.model).__name__!r}"
+    )
 
 
 # -- the estimator ---------------------------------------------------------------------------
@@ -395,10 +430,17 @@ class MTIF:
         solver_options: extra arguments of the solver (``tol``, ``max_iter``, ``scale``).
     """
 
-    def __init__(self, model: MTLModel, taskset: TaskSet, solver: str | Solver = "explicit",
-                 damping: Damping = "auto", structured: bool | None = None,
-                 chunk_size: int = 256, dtype: torch.dtype = torch.float64,
-                 solver_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: MTLModel,
+        taskset: TaskSet,
+        solver: str | Solver = "explicit",
+        damping: Damping = "auto",
+        structured: bool | None = None,
+        chunk_size: int = 256,
+        dtype: torch.dtype = torch.float64,
+        solver_options: dict[str, Any] | None = None,
+    ) -> None:
         self.taskset = taskset
         self.fns = MTLFunctions(model, taskset, dtype)
         self.structure = structure_for(self.fns)
@@ -424,7 +466,7 @@ class MTIF:
         out = torch.zeros(fns.space.numel, self.n_tasks, dtype=fns.theta.dtype)
         for t in range(self.n_tasks):
             coords = self.structure.local_coords(t)
-            fn = fns.restrict(lambda th, t=t: fns.mean_loss(th, t, split), coords)
+            fn = fns.restrict(partial(fns.mean_loss, task=t, split=split), coords)
             out[coords, t] = grad(fn)(fns.theta[coords])
         return out
 
@@ -471,8 +513,9 @@ class MTIF:
         base = torch.stack([fns.mean_loss(fns.theta, i, "test") for i in range(self.n_tasks)])
         out = np.zeros((self.n_tasks, self.n_tasks))
         for j in range(self.n_tasks):
-            step, _ = solver.solve(self.operator(without=j), self.train_gradients[:, j : j + 1],
-                                   diagnose=False)
+            step, _ = solver.solve(
+                self.operator(without=j), self.train_gradients[:, j : j + 1], diagnose=False
+            )
             theta = fns.theta + step[:, 0]
             moved = torch.stack([fns.mean_loss(theta, i, "test") for i in range(self.n_tasks)])
             out[:, j] = (moved - base).detach().numpy()
@@ -486,8 +529,10 @@ class MTIF:
         x, y = self.fns.train[task]
         loss = self.fns.example_loss(task, coords)
         local = directions[coords]
-        chunks = [g @ local for g in per_example_grads(loss, self.fns.theta[coords], x, y,
-                                                         self.chunk_size)]
+        chunks = [
+            g @ local
+            for g in per_example_grads(loss, self.fns.theta[coords], x, y, self.chunk_size)
+        ]
         return torch.cat(chunks) / len(x)
 
     def instance_scores(self, weighting: Weighting = "fixed") -> tuple[np.ndarray, np.ndarray]:
@@ -513,8 +558,11 @@ class MTIF:
         self.timings["instance_s"] = time.perf_counter() - start
         return torch.cat(parts).numpy(), self.taskset.train_ids()
 
-    def test_example_scores(self, target: int, rows: Sequence[int] | None = None,
-                            ) -> tuple[np.ndarray, np.ndarray]:
+    def test_example_scores(
+        self,
+        target: int,
+        rows: Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores per (training example, test example of ``target``).
 
         Args:
@@ -543,9 +591,13 @@ class MTIF:
         test_rows = self.taskset.tasks[target].test_idx[pick]
         return scores.numpy(), test_rows
 
-    def relatedness(self, task_level: TaskLevel = "first-order", instance: bool = True,
-                    weighting: Weighting = "fixed", newton: bool | None = None,
-                    ) -> Relatedness:
+    def relatedness(
+        self,
+        task_level: TaskLevel = "first-order",
+        instance: bool = True,
+        weighting: Weighting = "fixed",
+        newton: bool | None = None,
+    ) -> Relatedness:
         """The :class:`Relatedness` result: ``matrix`` from ``task_level``; the other
         task-level estimate (when computed) and the solver diagnostics in ``meta``.
 
@@ -560,22 +612,35 @@ class MTIF:
             scores, ids = self.instance_scores(weighting)
         matrix = newton_m if task_level == "newton" else first
         meta = {
-            "units": UNITS, "task_level": task_level, "weighting": weighting,
-            "first_order_matrix": first, "newton_matrix": newton_m,
-            "structure": self.structure.name, "structured_solve": self.structured,
-            "n_params": self.fns.space.numel, "solver": self.report.to_meta(),
+            "units": UNITS,
+            "task_level": task_level,
+            "weighting": weighting,
+            "first_order_matrix": first,
+            "newton_matrix": newton_m,
+            "structure": self.structure.name,
+            "structured_solve": self.structured,
+            "n_params": self.fns.space.numel,
+            "solver": self.report.to_meta(),
             "timings_s": dict(self.timings),
         }
+        assert matrix is not None
         return Relatedness(matrix, self.taskset.names, "mtif", scores, ids, meta)
 
 
-def mtif_relatedness(taskset: TaskSet, ctx: Any, model: MTLModel | None = None,
-                     solver: str = "explicit", damping: Damping = "auto",
-                     task_level: TaskLevel = "first-order", newton: bool | None = None,
-                     instance: bool = True, weighting: Weighting = "fixed",
-                     structured: bool | None = None, chunk_size: int = 256,
-                     solver_options: dict[str, Any] | None = None,
-                     ) -> Relatedness:
+def mtif_relatedness(
+    taskset: TaskSet,
+    ctx: Any,
+    model: MTLModel | None = None,
+    solver: str = "explicit",
+    damping: Damping = "auto",
+    task_level: TaskLevel = "first-order",
+    newton: bool | None = None,
+    instance: bool = True,
+    weighting: Weighting = "fixed",
+    structured: bool | None = None,
+    chunk_size: int = 256,
+    solver_options: dict[str, Any] | None = None,
+) -> Relatedness:
     """MTIF relatedness (registry entry ``mtif``).
 
     Trains ``ctx.model`` with ``ctx.model_config`` and ``ctx.train_config`` on ``taskset``
@@ -591,8 +656,15 @@ def mtif_relatedness(taskset: TaskSet, ctx: Any, model: MTLModel | None = None,
         model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config)
         timings["train_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    engine = MTIF(model, taskset, solver=solver, damping=damping, structured=structured,
-                  chunk_size=chunk_size, solver_options=solver_options)
+    engine = MTIF(
+        model,
+        taskset,
+        solver=solver,
+        damping=damping,
+        structured=structured,
+        chunk_size=chunk_size,
+        solver_options=solver_options,
+    )
     result = engine.relatedness(task_level, instance, weighting, newton)
     result.meta["timings_s"].update(timings, influence_s=time.perf_counter() - start)
     return result
