@@ -98,13 +98,13 @@ CASES: dict[str, Case] = {
     "synthetic / convex": Case("synthetic", SYN, CONVEX),
     "school (20) / convex": Case("school", {"n_tasks": 20, "train": 0.3}, CONVEX, "pooled"),
     "office-caltech / convex": Case(
-        "office-caltech", {"train": 0.1}, CONVEX, "none", solver="cg", loo=20, subsets=20, seeds=1
+        "office-caltech", {"train": 0.1}, CONVEX, "none", solver="cg", loo=12, subsets=20, seeds=1
     ),
     "synthetic-regression / mlp": Case(
-        "synthetic-regression", SYN, MLP, loo=20, subsets=20, seeds=2, warm_start=True
+        "synthetic-regression", SYN, MLP, loo=12, subsets=20, seeds=1, warm_start=True
     ),
-    "synthetic / mlp": Case("synthetic", SYN, MLP, loo=20, subsets=20, seeds=2, warm_start=True),
-    "synthetic / mlp (cold retrain)": Case("synthetic", SYN, MLP, loo=20, subsets=20, seeds=1),
+    "synthetic / mlp": Case("synthetic", SYN, MLP, loo=12, subsets=20, seeds=1, warm_start=True),
+    "synthetic / mlp (cold retrain)": Case("synthetic", SYN, MLP, loo=12, subsets=20, seeds=1),
 }
 QUICK = ("synthetic / convex",)
 
@@ -222,8 +222,8 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 convex case, 1 seed (<60 s)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--loo", type=int, default=30, help="LOO examples per case and seed")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--loo", type=int, default=20, help="LOO examples per case and seed")
     parser.add_argument("--subsets", type=int, default=20, help="LDS subsets per case/seed")
     parser.add_argument("--cases", default=None, help="comma-separated case names")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")

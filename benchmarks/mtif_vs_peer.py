@@ -120,7 +120,7 @@ def dattri_scores(model: MTLModel, taskset: TaskSet, solver: str) -> tuple[np.nd
     if solver == "explicit":
         attributor = IFAttributorExplicit(task=task, regularization=LAM)
     else:
-        attributor = IFAttributorCG(task=task, regularization=LAM, max_iter=200, tol=1e-10)
+        attributor = IFAttributorCG(task=task, regularization=LAM, max_iter=60, tol=1e-8)
     attributor.cache(DataLoader(train, batch_size=len(train), shuffle=False))
     scores = attributor.attribute(
         DataLoader(train, batch_size=256, shuffle=False),

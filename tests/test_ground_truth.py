@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from taskrel.data.taskset import TaskSet
 from taskrel.execution import Executor, Job
-from taskrel.relatedness import RelateContext, relate
+from taskrel.relatedness import RelateContext, Relatedness, relate
 from taskrel.relatedness.ground_truth import (
     linear_datamodeling_score,
     load_data,
@@ -25,7 +26,7 @@ from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
 LBFGS = TrainConfig(
-    optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None, dtype="float64"
+    optimizer="lbfgs", lr=1.0, epochs=1, lbfgs_max_iter=300, patience=None, dtype="float64"
 )
 DATA = {
     "name": "synthetic-regression",
@@ -137,3 +138,25 @@ def test_random_subsets_and_lds(taskset: TaskSet) -> None:
     exact = np.stack([scores[[index[tuple(r)] for r in s.tolist()]].sum(0) for s in subsets])
     np.testing.assert_allclose(linear_datamodeling_score(scores, ids, subsets, 3 * exact + 1), 1.0)
     np.testing.assert_allclose(linear_datamodeling_score(scores, ids, subsets, -exact), -1.0)
+
+
+def test_cli_ground_truth_and_select_write_run_folders(tmp_path) -> None:
+    from taskrel.cli import main
+
+    common = [
+        "--data", "synthetic-regression",
+        "--set", "data.options={\"n_per_task\": 60, \"n_features\": 4, \"clusters\": 1, "
+        "\"cluster_size\": 2, \"n_unrelated\": 0, \"n_adversarial\": 1}",
+        "--set", "model.hidden=[]", "--set", "model.shared_head=true",
+        "--set", "model.l2=0.01", "--set", "model.l2_task=0.1",
+        "--set", "train.optimizer=lbfgs", "--set", "train.lr=1", "--set", "train.epochs=1",
+        "--set", "train.patience=null", "--set", "train.dtype=float64",
+    ]  # fmt: skip
+    assert main(["ground-truth", "--kind", "loto", *common, "--out", str(tmp_path / "gt")]) == 0
+    loto = Relatedness.load(tmp_path / "gt" / "relatedness" / "loto.json")
+    assert loto.matrix.shape == (3, 3) and np.all(np.diag(loto.matrix) > 0)
+    assert main(["select", *common, "--out", str(tmp_path / "sel")]) == 0
+    doc = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert set(doc["metrics"]) == {"all", "mtif", "random", "stl"}
+    assert (tmp_path / "sel" / "removed.csv").read_text().startswith("task,row,score")
+    assert main(["ground-truth", "--kind", "bogus", *common]) == 2

@@ -16,7 +16,7 @@ from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
 LBFGS = TrainConfig(
-    optimizer="lbfgs", lr=1.0, epochs=3, lbfgs_max_iter=200, patience=None, dtype="float64"
+    optimizer="lbfgs", lr=1.0, epochs=1, lbfgs_max_iter=300, patience=None, dtype="float64"
 )
 
 

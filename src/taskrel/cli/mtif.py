@@ -3,7 +3,6 @@ and ``select`` (MTIF data selection with before/after metrics)."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -37,23 +36,19 @@ MtifOption = Annotated[
 ]
 
 
-class Kind(str, Enum):
-    loto = "loto"
-    pairwise = "pairwise"
-    loo = "loo"
-    lds = "lds"
+KINDS = ("loto", "pairwise", "loo", "lds")
 
 
 @app.command("ground-truth")
 def ground_truth(
     kind: Annotated[
-        Kind,
+        str,
         typer.Option(
             help="loto: leave one task out; pairwise: {i,j} vs "
             "{i}; loo: leave one example out; lds: random "
             "subsets"
         ),
-    ] = Kind.loto,
+    ] = "loto",
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -73,10 +68,10 @@ def ground_truth(
     from taskrel.runs import write_json
 
     run_dir, taskset, ctx = prepare(
-        f"ground-truth-{kind.value}", config, data, seed, set_, out, executor, workers, address
+        f"ground-truth-{kind}", config, data, seed, set_, out, executor, workers, address
     )
     try:
-        if kind in (Kind.loto, Kind.pairwise):
+        if kind in ("loto", "pairwise"):
             summary = _matrix_ground_truth(kind, taskset, ctx, run_dir)
         else:
             summary = _instance_ground_truth(
@@ -97,27 +92,27 @@ def ground_truth(
 
 
 def _matrix_ground_truth(
-    kind: Kind,
+    kind: str,
     taskset: TaskSet,
     ctx: RelateContext,
     run_dir: Path,
 ) -> dict[str, Any]:
     from taskrel.relatedness import relate
 
-    method = "ground-truth" if kind == Kind.loto else "pairwise"
+    method = "ground-truth" if kind == "loto" else "pairwise"
     rel = relate(taskset, method, ctx)
-    rel.save(run_dir / "relatedness" / kind.value)
-    rel.plot(run_dir / f"{kind.value}.png")
+    rel.save(run_dir / "relatedness" / kind)
+    rel.plot(run_dir / f"{kind}.png")
     console.print(rel.to_markdown())
     return {
-        "kind": kind.value,
+        "kind": kind,
         "retrainings": rel.meta["retrainings"],
         "wall_time_s": rel.meta["wall_time_s"],
     }
 
 
 def _instance_ground_truth(
-    kind: Kind,
+    kind: str,
     taskset: TaskSet,
     ctx: RelateContext,
     run_dir: Path,
@@ -144,7 +139,7 @@ def _instance_ground_truth(
     assert mtif.instance_scores is not None and mtif.instance_ids is not None
     start = time.perf_counter()
     summary: dict[str, Any]
-    if kind == Kind.loo:
+    if kind == "loo":
         ids = sample_train_ids(taskset, examples, seed)
         effects = loo_effects(taskset, ctx, ids)
         index = {tuple(i): n for n, i in enumerate(mtif.instance_ids.tolist())}
@@ -174,10 +169,10 @@ def _instance_ground_truth(
         rows = {name: {"lds": v} for name, v in summary["lds_per_task"].items()}
         rows["mean"] = {"lds": summary["lds_mean"]}
     console.print(
-        metrics_table(f"MTIF vs {kind.value} retraining", rows, list(next(iter(rows.values()))))
+        metrics_table(f"MTIF vs {kind} retraining", rows, list(next(iter(rows.values()))))
     )
     return {
-        "kind": kind.value,
+        "kind": kind,
         **summary,
         "retrain_wall_time_s": time.perf_counter() - start,
         "mtif_wall_time_s": mtif.meta["wall_time_s"],

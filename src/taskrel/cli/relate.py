@@ -62,14 +62,14 @@ def prepare(
         items.append(f"seed={seed}")
     cfg = load_run_config(config, items)
     taskset = load_taskset(cfg)
+    run_dir = new_run_dir(out, kind=kind)
     ctx = RelateContext(
         model=cfg.model_name,
         model_config=cfg.model_options,
         train_config=cfg.train.model_copy(update={"seed": cfg.seed}),
         executor=make_executor(executor, workers, address),
+        cache_dir=run_dir / "cache",
     )
-    run_dir = new_run_dir(out, kind=kind)
-    ctx.cache_dir = run_dir / "cache"
     record_run(
         run_dir,
         {"command": kind, "run": cfg.model_dump(), "executor": executor, "workers": workers},

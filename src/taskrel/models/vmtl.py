@@ -173,6 +173,15 @@ class VMTL(MTLModel):
 
     Config = VMTLConfig
     name = "vmtl"
+    # buffers (set in _register_data)
+    anchor_x: Tensor  # (T, n_max, d) training inputs, zero-padded
+    anchor_y: Tensor  # (T, n_max) training targets
+    anchor_valid: Tensor  # (T, n_max) bool, False on padding
+    others: Tensor  # (T, T - 1) long: the other tasks of each task
+    n_train: Tensor  # (T,) training examples per task
+    y_mean: Tensor  # (T,) regression: training target mean per task
+    y_std: Tensor  # (T,) regression: training target std per task
+    y_scale: Tensor  # () regression: pooled training target std
 
     def __init__(
         self,
@@ -477,7 +486,7 @@ class VMTL(MTLModel):
     def active_components(self) -> list[Component]:
         """The components whose priors are mixtures (their alpha is learned)."""
         prior = self.config.prior
-        return [c for c in ("w", "z") if prior in (c, "both")]  # type: ignore[misc]
+        return [c for c in ("w", "z") if prior in (c, "both")]
 
     def relatedness(self, taskset: TaskSet, component: Component = "w") -> Relatedness:
         """The learned mixing weights of ``component`` as a :class:`Relatedness`: entry
