@@ -73,7 +73,9 @@ def scoring_view(taskset: TaskSet, holdout: bool) -> TaskSet:
     ``holdout`` (so selection never sees test data), else the test split itself."""
     if not holdout:
         return taskset
-    return taskset.with_tasks([replace(t, test_idx=t.val_idx) for t in taskset.tasks])
+    return taskset.with_tasks(
+        [replace(t, test_idx=t.val_idx, val_idx=t.val_idx[:0]) for t in taskset.tasks]
+    )
 
 
 def run(

@@ -44,9 +44,8 @@ def ground_truth(
     kind: Annotated[
         str,
         typer.Option(
-            help="loto: leave one task out; pairwise: {i,j} vs "
-            "{i}; loo: leave one example out; lds: random "
-            "subsets"
+            help="loto: leave one task out; pairwise: {i,j} vs {i}; loo: leave one "
+            "example out; lds: random subsets"
         ),
     ] = "loto",
     data: DataOption = None,
@@ -65,8 +64,11 @@ def ground_truth(
     """Ground truth by retraining. loto/pairwise write a relatedness matrix; loo and lds
     also compute MTIF instance scores and report their agreement with retraining
     (Pearson/Spearman for loo, the linear datamodeling score for lds)."""
+    from taskrel.errors import ConfigError
     from taskrel.runs import write_json
 
+    if kind not in KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     run_dir, taskset, ctx = prepare(
         f"ground-truth-{kind}", config, data, seed, set_, out, executor, workers, address
     )
