@@ -21,10 +21,7 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from taskrel.cli import core  # noqa: E402,F401
-from taskrel.cli import mtif  # noqa: E402,F401
-from taskrel.cli import relate  # noqa: E402,F401
-from taskrel.cli import predict  # noqa: E402,F401
+from taskrel.cli import core, mtif, predict, relate  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

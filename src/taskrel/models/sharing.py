@@ -101,9 +101,7 @@ class HardSharing(MTLModel):
         self.config = config
         self.encoder = mlp(in_features, config.hidden, config.activation, config.dropout)
         width = config.hidden[-1] if config.hidden else in_features
-        self.heads = nn.ModuleList(
-            nn.Linear(width, _n_outputs(t)) for t in tasks
-        )
+        self.heads = nn.ModuleList(nn.Linear(width, _n_outputs(t)) for t in tasks)
         self.shared_head: nn.Linear | None = None
         if config.shared_head:
             outs = {_n_outputs(t) for t in tasks}
@@ -165,9 +163,7 @@ class SoftSharing(MTLModel):
         self.bodies = nn.ModuleList(
             mlp(in_features, config.hidden, config.activation, config.dropout) for _ in tasks
         )
-        self.heads = nn.ModuleList(
-            nn.Linear(width, _n_outputs(t)) for t in tasks
-        )
+        self.heads = nn.ModuleList(nn.Linear(width, _n_outputs(t)) for t in tasks)
 
     @classmethod
     def build(cls, taskset: TaskSet, config: SoftSharingConfig) -> SoftSharing:
