@@ -12,13 +12,19 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORDER = ("mtif", "vmtl", "feedback", "baselines", "relatedness")
 PAGES = {
-    "methods.md": ("methods", "# Methods\n\nThe mathematics of every method, in our words. "
-                   "Sign convention everywhere: `R[i, j] > 0` means source task j helps "
-                   "target task i.\n"),
-    "benchmarks.md": ("bench", "# Benchmarks\n\nMeasured on the development machine (2 CPU "
-                      "cores, no GPU) unless a section says otherwise. Every table names the "
-                      "command that produced it; model selection always uses a validation "
-                      "split carved from the training data, never the test split.\n"),
+    "methods.md": (
+        "methods",
+        "# Methods\n\nThe mathematics of every method, in our words. "
+        "Sign convention everywhere: `R[i, j] > 0` means source task j helps "
+        "target task i.\n",
+    ),
+    "benchmarks.md": (
+        "bench",
+        "# Benchmarks\n\nMeasured on the development machine (2 CPU "
+        "cores, no GPU) unless a section says otherwise. Every table names the "
+        "command that produced it; model selection always uses a validation "
+        "split carved from the training data, never the test split.\n",
+    ),
 }
 
 
@@ -28,8 +34,10 @@ def _demote(text: str) -> str:
 
 def main() -> None:
     for page, (folder, header) in PAGES.items():
-        parts = sorted((DOCS / folder).glob("*.md"),
-                       key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+        parts = sorted(
+            (DOCS / folder).glob("*.md"),
+            key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem),
+        )
         body = "\n\n".join(_demote(p.read_text().strip()) for p in parts)
         (DOCS / page).write_text(f"{header}\n{body}\n")
         print(f"{page}: {len(parts)} parts")
