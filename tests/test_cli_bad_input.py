@@ -201,3 +201,22 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
         "taskrel: error: unknown dataset 'nope'; built-in datasets: "
         + proc.stderr.split("built-in datasets: ")[1].strip()
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["demo", "--bogus"], "No such option: --bogus"),
+        (["relate", "--workers", "abc"], "'--workers'"),
+        (["relate", "--method"], "requires an argument"),
+        (["nosuchcommand"], "No such command"),
+    ],
+    ids=["unknown option", "wrong type", "missing value", "unknown command"],
+)
+def test_usage_errors_exit_2_without_traceback(
+    capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "Traceback" not in err

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 app = typer.Typer(
     name="taskrel",
@@ -40,12 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taskrel: interrupted", file=sys.stderr)
         return 130
-    except click.ClickException as err:  # usage errors: bad option, missing argument
-        err.show()
+    except TyperException as err:  # usage errors: unknown option, bad value, missing argument
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:  # pragma: no cover - every usage error of typer's parser has show()
+            print(f"taskrel: error: {err.format_message()}", file=sys.stderr)
         return err.exit_code
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         return int(err.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("taskrel: aborted", file=sys.stderr)
         return 130
     return 0
