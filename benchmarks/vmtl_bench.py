@@ -76,6 +76,7 @@ class Job:
     val_frac: float
     batch_size: int = 32
     features: str = "none"  # "none" or "pooled" feature standardisation
+    min_steps: int = 0  # train at least this many optimiser steps (more epochs if needed)
 
 
 @dataclass
@@ -133,13 +134,15 @@ def run_job(job: Job) -> Outcome:
 
     torch.set_num_threads(1)
     ts, scale = prepare(job)
+    steps_per_epoch = math.ceil(max(len(t.train_idx) for t in ts.tasks) / job.batch_size)
+    epochs = max(job.epochs, math.ceil(job.min_steps / steps_per_epoch))
     start = time.perf_counter()
     result = fit(
         ts,
         job.method.model,
         {**job.method.options, **job.overrides},
         {
-            "epochs": job.epochs,
+            "epochs": epochs,
             "lr": job.lr,
             "patience": None,
             "seed": job.seed,
@@ -283,7 +286,19 @@ def benchmark(
     features: str = "none",
 ) -> dict[str, Any]:
     jobs = [
-        Job(data, data_options, f, s, m, lr, g, args.epochs, args.val_frac, features=features)
+        Job(
+            data,
+            data_options,
+            f,
+            s,
+            m,
+            lr,
+            g,
+            args.epochs,
+            args.val_frac,
+            features=features,
+            min_steps=args.min_steps,
+        )
         for f in fracs
         for s in range(args.seeds)
         for m in methods
@@ -298,6 +313,7 @@ def benchmark(
         dataset=data,
         data_options=data_options,
         epochs=args.epochs,
+        min_steps=args.min_steps,
         val_frac=args.val_frac,
         n_jobs=len(jobs),
         wall_seconds=time.perf_counter() - start,
@@ -331,8 +347,9 @@ def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
     opts = {"n_per_task": 150} if args.quick else {}
     cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
     reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
-    return {
-        "rotated-digits": benchmark(
+    out = {}
+    if args.digits_part in ("classification", "both"):
+        out["rotated-digits"] = benchmark(
             args,
             "rotated-digits",
             opts,
@@ -340,8 +357,9 @@ def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
             cls,
             "accuracy",
             "Rotated digits (6 angles), test accuracy %",
-        ),
-        "rotated-digits-angle": benchmark(
+        )
+    if args.digits_part in ("angle", "both"):
+        out["rotated-digits-angle"] = benchmark(
             args,
             "rotated-digits-angle",
             opts,
@@ -349,8 +367,8 @@ def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
             reg,
             "explained_variance",
             "Rotated digits angle regression, explained variance",
-        ),
-    }
+        )
+    return out
 
 
 def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
@@ -497,6 +515,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel processes")
     parser.add_argument(
         "--school-tasks", type=int, default=139, help="school: first N schools (quick: 30)"
+    )
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=0,
+        help="train every run for at least this many optimiser steps (tiny tasks take "
+        "one step per epoch)",
+    )
+    parser.add_argument(
+        "--digits-part", choices=["classification", "angle", "both"], default="both"
     )
     parser.add_argument(
         "--lbfgs-epochs", type=int, default=5, help="school baselines: L-BFGS epochs"
