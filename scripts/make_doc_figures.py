@@ -2,7 +2,8 @@
 
     python scripts/make_doc_figures.py [METHOD ...]
 
-(no argument: every method). Each method runs on the built-in synthetic task set (seed 0) with its defaults."""
+(no argument: every method). Each method runs on the built-in synthetic task set
+(seed 0) with its defaults."""
 
 from __future__ import annotations
 

@@ -101,14 +101,25 @@ def test_convergence_loss_masks_padding_and_detaches_the_past() -> None:
 
 
 # -- the unrolled model -------------------------------------------------------------------
-def test_k0_equals_the_base_model(tiny_slu: TaskSet) -> None:
+@pytest.mark.parametrize("crf", [False, True])
+def test_k0_equals_the_base_model(tiny_slu: TaskSet, crf: bool) -> None:
     torch.manual_seed(0)
-    base = JointSLU.from_taskset(tiny_slu, SMALL_SLU).eval()
-    feedback = build_model("feedback", tiny_slu, {"iterations": 0, "slu": SMALL_SLU}).eval()
+    slu = {**SMALL_SLU, "crf": crf}
+    base = JointSLU.from_taskset(tiny_slu, slu).eval()
+    if base.crf is not None:  # non-zero transitions, so the CRF matters
+        with torch.no_grad():
+            for p in base.crf.parameters():
+                p.normal_()
+    feedback = build_model("feedback", tiny_slu, {"iterations": 0, "slu": slu}).eval()
     feedback.body.load_state_dict(base.state_dict())
     x = torch.as_tensor(tiny_slu.tasks[0].x)
     for t in (0, 1):
         assert torch.equal(feedback(x, t), base(x, t))
+        assert torch.equal(feedback.predict(x, t), base.predict(x, t))
+    y = torch.as_tensor(tiny_slu.tasks[1].y)
+    assert torch.equal(feedback.loss(x, y, 1), base.loss(x, y, 1))
+    if base.crf is not None:
+        assert not torch.equal(base.predict(x, 1), base(x, 1).argmax(-1))  # Viterbi used
     feedback.train()
     base.train()
     torch.manual_seed(1)

@@ -79,7 +79,7 @@ def test_parameter_partition(atis_small: TaskSet) -> None:
         n for n, _ in model.named_parameters() if n.startswith(("embedding.", "lstm."))
     }
     assert all(n.startswith(("attention", "intent_")) for n in model.task_parameter_names(0))
-    assert all(n.startswith("slot_") for n in model.task_parameter_names(1))
+    assert all(n.startswith(("slot_", "crf.")) for n in model.task_parameter_names(1))
 
 
 def test_training_learns_intents_and_slots(atis_small: TaskSet) -> None:

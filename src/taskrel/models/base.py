@@ -77,11 +77,18 @@ def per_example_loss(output: Tensor, y: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
+def hard_predictions(output: Tensor, kind: str) -> Tensor:
+    """Class ids ``(b,)`` / ``(b, L)`` (argmax of the logits) or regression values ``(b,)``."""
+    return output.reshape(-1) if kind == "regression" else output.argmax(-1)
+
+
 class MTLModel(nn.Module):
     """Base class of every multi-task model.
 
     Subclasses implement :meth:`forward` and :meth:`task_parameter_names`, and may add
-    a :meth:`penalty`. ``Config`` is the model's pydantic configuration class.
+    a :meth:`penalty`, or change how outputs become losses (:meth:`output_loss`) and hard
+    predictions (:meth:`output_predictions`). ``Config`` is the model's pydantic
+    configuration class.
     """
 
     Config: ClassVar[type[ModelConfig]] = ModelConfig
@@ -114,7 +121,15 @@ class MTLModel(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor, task: int) -> Tensor:
         """Per-example data loss of task ``task``, shape ``(b,)``."""
-        return per_example_loss(self(x, task), y, self.tasks[task].kind)
+        return self.output_loss(self(x, task), y, task)
+
+    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
+        """Per-example loss ``(b,)`` of task ``task`` from its outputs (as returned by
+        :meth:`forward`) and targets ``y``. Every loss of the model — training objective,
+        validation loss for early stopping, evaluation, read-outs — goes through this hook.
+        Default: :func:`per_example_loss` of the task's kind; models whose outputs are not
+        plain logits of the loss (e.g. a CRF slot decoder) override it."""
+        return per_example_loss(output, y, self.tasks[task].kind)
 
     def penalty(self) -> Tensor:
         """Regularisation term of the objective (a scalar); zero by default."""
@@ -143,8 +158,12 @@ class MTLModel(nn.Module):
 
     def predict(self, x: Tensor, task: int) -> Tensor:
         """Hard predictions: class ids ``(b,)``/``(b, L)`` or regression values ``(b,)``."""
-        out = self(x, task)
-        return out.reshape(-1) if self.tasks[task].kind == "regression" else out.argmax(-1)
+        return self.output_predictions(self(x, task), x, task)
+
+    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
+        """Hard predictions of task ``task`` from its outputs on inputs ``x`` (see
+        :meth:`predict`). Default: :func:`hard_predictions` of the task's kind (argmax)."""
+        return hard_predictions(output, self.tasks[task].kind)
 
     # -- parameter partition ------------------------------------------------------------
     def task_parameter_names(self, task: int) -> list[str]:  # pragma: no cover - abstract

@@ -39,7 +39,14 @@ from torch import Tensor, nn
 
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError
-from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec, per_example_loss
+from taskrel.models.base import (
+    Batch,
+    ModelConfig,
+    MTLModel,
+    TaskSpec,
+    hard_predictions,
+    per_example_loss,
+)
 from taskrel.models.feedback_parts import (
     Amplifier,
     FeedbackBody,
@@ -109,6 +116,12 @@ class FeedbackMLPBody(nn.Module):
 
     def output_mask(self, state: Tensor, task: int) -> Tensor | None:
         return None
+
+    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
+        return per_example_loss(output, y, self.tasks[task].kind)
+
+    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
+        return hard_predictions(output, self.tasks[task].kind)
 
     def task_parameter_names(self, task: int) -> list[str]:
         return [
@@ -274,7 +287,7 @@ class FeedbackMTL(MTLModel):
             outputs, state = self.unroll(x)
             for b in group:
                 kind = self.tasks[b.task].kind
-                losses = [per_example_loss(o[b.task], b.y, kind).mean() for o in outputs]
+                losses = [self.output_loss(o[b.task], b.y, b.task).mean() for o in outputs]
                 final.append(losses[-1])
                 if len(losses) > 1:
                     inter.append(torch.stack(losses[:-1]).mean())
@@ -295,6 +308,14 @@ class FeedbackMTL(MTLModel):
             "convergence_loss": float(cl.detach()),
             "penalty": float(pen.detach()),
         }
+
+    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
+        """The body's loss of ``task``'s outputs (e.g. the CRF loss of a CRF slot decoder)."""
+        return self.body.output_loss(output, y, task)
+
+    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
+        """The body's hard predictions from ``task``'s outputs (e.g. Viterbi tags)."""
+        return self.body.output_predictions(output, x, task)
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Anneal the gates' temperature from ``tau_start`` to ``tau_end`` (geometric)."""
@@ -444,6 +465,5 @@ def _task_loss(model: MTLModel, taskset: TaskSet, task: int, split: str) -> floa
             f"feedback relatedness: task {taskset.names[task]!r} has no {split!r} examples"
         )
     out, _ = predict_task(model, x, task)
-    return float(
-        per_example_loss(torch.as_tensor(out), torch.as_tensor(y), taskset.tasks[task].kind).mean()
-    )
+    with torch.no_grad():
+        return float(model.output_loss(torch.as_tensor(out), torch.as_tensor(y), task).mean())

@@ -14,12 +14,21 @@ For a batch of ``b`` utterances padded with token id 0, trimmed to the longest o
     slots:  d_l = Dropout(ReLU(W_s H_l + c_s))            (b, l, D)   point "decoder"
             logits_l = W_t d_l + c_t                      (b, L, S)   (padded back to L)
 
+The slot output is always ``logits`` ``(b, L, S)``. With ``crf`` (the default) they are the
+emission scores of a linear-chain CRF (:class:`taskrel.models.crf.CRF`; its transition,
+start and end scores belong to the slot task): the slot loss is the CRF negative
+log-likelihood of the gold tag sequence divided by the utterance's number of real tokens
+(nats per token, the scale of the softmax loss), and the prediction is the Viterbi sequence
+(:meth:`JointSLU.output_loss`, :meth:`JointSLU.output_predictions`). With ``crf=False`` the
+slot loss is the token-averaged cross-entropy and the prediction the per-token argmax.
+Feedback MTL sends the softmax of the slot logits averaged over tokens either way.
+
 In training, each word is replaced by ``<unk>`` with probability ``word_dropout`` first.
 The LSTM runs on packed sequences, so padding never reaches it. Feedback MTL adds a
 vector ``(b, width)`` at an infusion point: to ``e`` or ``H`` at every token (the LSTM is
 then re-run for ``e``), or to the decoder's pre-activation. Parameters: embedding and LSTM
-are shared; attention and intent decoder belong to the intent task, the slot decoder to
-the slot task. The model adds no penalty (dropout regularises).
+are shared; attention and intent decoder belong to the intent task, the slot decoder (and
+the CRF) to the slot task. The model adds no penalty (dropout regularises).
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.errors import ConfigError, DataError
-from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec, per_example_loss
+from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec
+from taskrel.models.crf import CRF
 from taskrel.training.metrics import predict_task, sequence_metrics
 
 INFUSION_POINTS = ("embedding", "encoder", "decoder")
@@ -54,6 +64,11 @@ class JointSLUConfig(ModelConfig):
         lt=1.0,
         description="training: replace each word by <unk> (id 1) with "
         "this probability, so the <unk> embedding is learned for unseen words",
+    )
+    crf: bool = Field(
+        True,
+        description="decode slots with a linear-chain CRF on the slot logits (loss: CRF "
+        "negative log-likelihood per real token; predictions: Viterbi)",
     )
 
 
@@ -108,8 +123,8 @@ def is_slu_taskset(taskset: TaskSet) -> bool:
 
 
 class JointSLU(MTLModel):
-    """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head (see the
-    module docstring)."""
+    """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head, optionally
+    decoded by a CRF (``crf``: None without it; see the module docstring)."""
 
     Config = JointSLUConfig
     name = "slu"
@@ -143,6 +158,7 @@ class JointSLU(MTLModel):
         self.intent_out = nn.Linear(config.decoder_hidden, tasks[intent_task].n_outputs)
         self.slot_hidden = nn.Linear(width, config.decoder_hidden)
         self.slot_out = nn.Linear(config.decoder_hidden, tasks[slot_task].n_outputs)
+        self.crf = CRF(tasks[slot_task].n_outputs) if config.crf else None
 
     @classmethod
     def build(cls, taskset: TaskSet, config: JointSLUConfig) -> JointSLU:
@@ -214,17 +230,33 @@ class JointSLU(MTLModel):
         """Both tasks' mean losses from ONE encoder pass over the shared utterances."""
         state = self.encode(batches[0].x)
         losses = [
-            per_example_loss(self.decode(state, b.task, {}), b.y, self.tasks[b.task].kind).mean()
-            for b in batches
+            self.output_loss(self.decode(state, b.task, {}), b.y, b.task).mean() for b in batches
         ]
         data = torch.stack(losses).sum()
         return data, {"data_loss": float(data.detach()), "penalty": 0.0}
+
+    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
+        """Per-example loss ``(b,)``: with the CRF, the slot task's is the CRF negative
+        log-likelihood of the gold tags given the slot logits ``(b, L, S)`` divided by the
+        utterance's number of real tokens (``y != PAD_TAG``; nats per token, the scale of
+        the softmax loss); otherwise the default (token-mean cross-entropy)."""
+        if self.crf is None or task != self.slot_task:
+            return super().output_loss(output, y, task)
+        mask = y != PAD_TAG
+        return self.crf.nll(output, y, mask) / mask.sum(1).clamp(min=1).to(output.dtype)
+
+    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
+        """Intent ids ``(b,)``; slot tags ``(b, L)``: Viterbi over the real tokens
+        (``x != 0``) with the CRF, else the per-token argmax."""
+        if self.crf is None or task != self.slot_task:
+            return super().output_predictions(output, x, task)
+        return self.crf.decode(output, x != 0)
 
     def task_parameter_names(self, task: int) -> list[str]:
         prefixes = (
             ("attention.", "intent_hidden.", "intent_out.")
             if task == self.intent_task
-            else ("slot_hidden.", "slot_out.")
+            else ("slot_hidden.", "slot_out.", "crf.")
         )
         return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
 

@@ -91,16 +91,15 @@ def evaluate(
     taskset: TaskSet,
     split: SplitName = "test",
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task on ``split`` (tasks with an empty split are skipped)."""
-    from taskrel.models.base import per_example_loss
-
+    """Metrics of every task on ``split`` (tasks with an empty split are skipped); ``loss``
+    is the model's own (:meth:`MTLModel.output_loss`, e.g. a CRF loss)."""
     results: dict[str, dict[str, float]] = {}
     for t, task in enumerate(taskset.tasks):
         x, y = task.arrays(split)
         if len(x) == 0:
             continue
         out, pred = predict_task(model, x, t)
-        loss = per_example_loss(torch.as_tensor(out), as_model_input(y, torch.float64), task.kind)
+        loss = model.output_loss(torch.as_tensor(out), as_model_input(y, torch.float64), t)
         if task.kind == "classification":
             m = classification_metrics(y, pred)
         elif task.kind == "regression":
@@ -115,18 +114,15 @@ def evaluate(
 
 @torch.no_grad()
 def task_losses(model: MTLModel, taskset: TaskSet, split: SplitName = "val") -> dict[str, float]:
-    """Mean per-example loss of every task on ``split`` (tasks with no rows skipped)."""
-    from taskrel.models.base import per_example_loss
-
+    """Mean per-example loss (:meth:`MTLModel.output_loss`) of every task on ``split``
+    (tasks with no rows skipped); early stopping watches it on ``val``."""
     losses = {}
     for t, task in enumerate(taskset.tasks):
         x, y = task.arrays(split)
         if len(x):
             out, _ = predict_task(model, x, t)
             target = as_model_input(y, torch.float64)
-            losses[task.name] = float(
-                per_example_loss(torch.as_tensor(out), target, task.kind).mean()
-            )
+            losses[task.name] = float(model.output_loss(torch.as_tensor(out), target, t).mean())
     return losses
 
 
