@@ -45,7 +45,7 @@ VAL_NOTE = (
 )
 
 
-SCHOOL_L2_GRID = (1e-2, 1e-1, 1.0, 10.0)  # school baselines' regularisation grid
+SCHOOL_L2_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # school baselines' regularisation grid
 
 
 @dataclass(frozen=True)
