@@ -34,6 +34,7 @@ import numpy as np
 FEEDBACK = {"iterations": 2, "gate_points": ["encoder", "decoder"]}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "base (K=0)": ("slu", {}),
+    "base + chars": ("slu", {"char_filters": 50}),
     "feedback": ("feedback", FEEDBACK),
     "fixed: embedding": ("feedback", {**FEEDBACK, "infusion": "embedding"}),
     "fixed: encoder": ("feedback", {**FEEDBACK, "infusion": "encoder"}),
@@ -46,7 +47,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "K=1": ("feedback", {**FEEDBACK, "iterations": 1}),
 }
 MAIN = ("base (K=0)", "feedback")
-ABLATIONS = [v for v in VARIANTS if v != "gate incl. embedding"]  # that one costs ~4x
+# not ablations of feedback: the embedding gate costs ~4x, chars change the base model
+ABLATIONS = [v for v in VARIANTS if v not in ("gate incl. embedding", "base + chars")]
 METRICS = ("intent_accuracy", "slot_f1", "overall_accuracy")
 
 
@@ -64,6 +66,7 @@ class Job:
     n_train: int | None = None
     n_test: int | None = None
     slu: dict[str, Any] = field(default_factory=dict)
+    selection_metric: str | None = None
 
 
 def _init_worker(threads: int) -> None:
@@ -103,6 +106,7 @@ def run_job(job: Job) -> dict[str, Any]:
         lr=job.lr,
         grad_clip=5.0,
         seed=job.seed,
+        selection_metric=job.selection_metric,
     )
     start = time.perf_counter()
     result = train(model, ts, cfg, progress=False)
@@ -216,12 +220,22 @@ def plan(args: argparse.Namespace) -> list[Job]:
     for dataset in args.datasets:
         batch = 32 if dataset == "atis" else 64
         epochs = args.epochs if dataset == "atis" else args.snips_epochs
-        budgets = [(epochs, list(MAIN))]
+        budgets = [(epochs, list(args.main))]
         if dataset in args.ablation_datasets:
             budgets.append((args.ablation_epochs, args.variants))
         for n_epochs, variants in budgets:
             jobs += [
-                Job(dataset, v, s, n_epochs, args.patience, batch, lr=1e-3)
+                Job(
+                    dataset,
+                    v,
+                    s,
+                    n_epochs,
+                    args.patience,
+                    batch,
+                    lr=1e-3,
+                    slu={"word_dropout": args.word_dropout},
+                    selection_metric=args.selection_metric,
+                )
                 for v in variants
                 for s in seeds
             ]
@@ -235,6 +249,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=["atis", "snips"])
     parser.add_argument(
+        "--main",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(MAIN),
+        help="variants of the main budget (--epochs, --snips-epochs)",
+    )
+    parser.add_argument(
         "--variants",
         nargs="+",
         choices=list(VARIANTS),
@@ -246,6 +267,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--snips-epochs", type=int, default=6, help="SNIPS base and feedback")
     parser.add_argument("--ablation-epochs", type=int, default=4, help="every ablation variant")
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument(
+        "--word-dropout", type=float, default=0.0, help="JointSLU word_dropout (full mode)"
+    )
+    parser.add_argument(
+        "--selection-metric",
+        choices=list(METRICS),
+        help="early stopping on this dev metric instead of the dev loss (full mode)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="training jobs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument(
@@ -267,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ProcessPoolExecutor(
         args.workers, initializer=_init_worker, initargs=(args.threads,)
     ) as pool:
-        futures = [pool.submit(run_job, j) for j in jobs]
+        costly_first = sorted(jobs, key=lambda j: VARIANTS[j.variant][0] != "feedback")
+        futures = [pool.submit(run_job, j) for j in costly_first]
         for fut in as_completed(futures):
             results.append(fut.result())
             r = results[-1]

@@ -79,7 +79,7 @@ def test_atis_unseen_slot_tags_map_to_unk(atis: TaskSet) -> None:
 
 def test_atis_token_alignment_matches_files(atis: TaskSet) -> None:
     intent, slots = atis
-    vocab, tags = atis.meta["vocab"], atis.meta["slot_tags"]
+    vocab, tags = atis.meta["tokens"], atis.meta["slot_tags"]
     assert vocab[:2] == ["<pad>", "<unk>"]
     lengths = (intent.x != 0).sum(axis=1)
     np.testing.assert_array_equal(lengths, (slots.y != PAD_TAG).sum(axis=1))
@@ -96,9 +96,18 @@ def test_atis_token_alignment_matches_files(atis: TaskSet) -> None:
 
 def test_vocabulary_comes_from_training_only(atis: TaskSet) -> None:
     train_words = {w for line in _bundled_lines("atis", "train", "seq.in") for w in line.split()}
-    assert set(atis.meta["vocab"][2:]) == train_words
+    vocab, tokens = atis.meta["vocab"], atis.meta["tokens"]
+    assert set(vocab[2:]) == train_words
+    assert tokens[: len(vocab)] == vocab
     x_test = atis["intent"].arrays("test")[0]
-    assert int(np.sum(x_test == 1)) == atis.meta["oov_test_tokens"] == 71
+    oov = x_test >= len(vocab)
+    assert int(np.sum(oov)) == atis.meta["oov_test_tokens"] == 71
+    assert not np.any(x_test == 1)  # every test word keeps its spelling
+    assert {tokens[i] for i in x_test[oov]}.isdisjoint(train_words)
+    test_words = {w for line in _bundled_lines("atis", "test", "seq.in") for w in line.split()}
+    assert set(tokens[len(vocab) :]) <= test_words | {
+        w for line in _bundled_lines("atis", "dev", "seq.in") for w in line.split()
+    }
 
 
 def test_snips_facts(snips: TaskSet) -> None:
@@ -130,7 +139,7 @@ def test_max_len_truncates_and_n_train_subsamples() -> None:
     others = _bundled_lines("atis", "dev", "seq.in") + _bundled_lines("atis", "test", "seq.in")
     assert ts.meta["truncated"] == sum(len(u.split()) > 10 for u in kept + others)
     longest = max(range(200), key=lambda i: len(kept[i].split()))
-    assert [ts.meta["vocab"][i] for i in intent.x[longest]] == kept[longest].split()[:10]
+    assert [ts.meta["tokens"][i] for i in intent.x[longest]] == kept[longest].split()[:10]
     again = load_slu("atis", max_len=10, n_train=200, seed=3)
     np.testing.assert_array_equal(again.meta["source_lines"]["train"], lines)
     np.testing.assert_array_equal(again["intent"].x, intent.x)
@@ -175,7 +184,8 @@ def test_user_folder_loads_with_unk_conventions(tmp_path: Path) -> None:
     assert ts.meta["slot_tags"] == ["B-genre", "B-thing", "O", UNK]
     intent, slots = ts
     np.testing.assert_array_equal(intent.y, [0, 1, 0, 2, 2])  # unseen "Play#Book" and "Rate"
-    np.testing.assert_array_equal(intent.x[4], [3, 2, 1, 1])  # "new", "song" are OOV
+    assert ts.meta["tokens"][9:] == ["new", "rock", "song"]  # dev/test only: OOV
+    np.testing.assert_array_equal(intent.x[4], [3, 2, 9, 11])
     np.testing.assert_array_equal(slots.y[4], [2, 2, 3, 3])
     np.testing.assert_array_equal(slots.y[3], [2, 0, PAD_TAG, PAD_TAG])
     assert (ts.meta["unseen_val_intents"], ts.meta["unseen_test_intents"]) == (1, 1)

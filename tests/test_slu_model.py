@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from taskrel.config import load_run_config
 from taskrel.data import load
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.models import build_model
-from taskrel.models.slu import JointSLU, encode_sentence, slu_metrics, slu_scores
+from taskrel.models.slu import CharTable, JointSLU, encode_sentence, slu_metrics, slu_scores
 from taskrel.training.trainer import TrainConfig, train
 
 TAGS = ("B-city", "I-city", "B-date", "O")
@@ -76,10 +78,46 @@ def test_outputs_do_not_depend_on_padding(atis_small: TaskSet) -> None:
 def test_parameter_partition(atis_small: TaskSet) -> None:
     model = build_model("slu", atis_small, {"embedding_dim": 8, "hidden": 4})
     assert set(model.shared_parameters()) == {
-        n for n, _ in model.named_parameters() if n.startswith(("embedding.", "lstm."))
+        n for n, _ in model.named_parameters() if n.startswith(("embedding.", "chars.", "lstm."))
     }
     assert all(n.startswith(("attention", "intent_")) for n in model.task_parameter_names(0))
     assert all(n.startswith(("slot_", "crf.")) for n in model.task_parameter_names(1))
+
+
+def test_char_table_spells_tokens_with_the_training_alphabet() -> None:
+    tokens = ["<pad>", "<unk>", "ab", "ba", "abcab", "zax"]  # vocabulary: ids < 4
+    table = CharTable.build(tokens, vocab_size=4, max_chars=4)
+    assert table.alphabet == ("a", "b")
+    np.testing.assert_array_equal(
+        table.ids,
+        [[0, 0, 0, 0], [0, 0, 0, 0], [2, 3, 0, 0], [3, 2, 0, 0], [2, 3, 1, 2], [1, 2, 1, 0]],
+    )
+
+
+@pytest.mark.parametrize("char_filters", [0, 6])
+def test_out_of_vocabulary_words_are_unk_words_with_their_own_spelling(
+    atis_small: TaskSet, char_filters: int
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        "slu", atis_small, {"embedding_dim": 8, "hidden": 4, "char_filters": char_filters}
+    )
+    model.eval()
+    vocab_size = len(atis_small.meta["vocab"])
+    oov = np.unique(atis_small["intent"].x[atis_small["intent"].test_idx])
+    oov = oov[oov >= vocab_size]
+    assert len(oov) >= 2  # the 300-utterance vocabulary misses many test words
+    row = [5, 1, int(oov[0]), int(oov[1])]
+    emb = model.encode(torch.tensor([row])).emb[0]  # (4, E): eval mode, no dropout
+    word = model.config.embedding_dim
+    for i in (2, 3):  # the word part is <unk>'s embedding
+        torch.testing.assert_close(emb[i, :word], emb[1, :word])
+    if char_filters:  # ... the spelling part is not
+        assert not torch.allclose(emb[2, word:], emb[1, word:])
+        assert not torch.allclose(emb[2, word:], emb[3, word:])
+    else:
+        assert emb.shape[1] == word
+        torch.testing.assert_close(emb[2], emb[3])
 
 
 def test_training_learns_intents_and_slots(atis_small: TaskSet) -> None:
@@ -119,3 +157,13 @@ def test_predict_command_tags_a_sentence(atis_small: TaskSet, tmp_path, capsys) 
     assert status == 0
     assert "intent" in out and "atis_" in out and "denver" in out
     assert main(["predict", str(tmp_path / "nothing"), "hi"]) == 2
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid_runs(path: Path, atis_small: TaskSet) -> None:
+    config = load_run_config(path)
+    assert config.data.name == "atis" and config.train.selection_metric == "overall_accuracy"
+    model = build_model(config.model_name, atis_small, config.model_options)
+    assert "overall_accuracy" in model.extra_metrics(atis_small, "test")

@@ -102,3 +102,37 @@ def test_trainer_learns_a_real_dataset() -> None:
     )
     acc = summarize(evaluate(result.model, taskset))["accuracy"]
     assert acc > 0.85  # chance is 0.10
+
+
+def test_selection_metric_drives_early_stopping_and_the_restored_epoch(
+    synthetic_cls: TaskSet,
+) -> None:
+    scripted = iter([0.0, 0.2, 0.9, 0.5, 0.4, 0.3, 0.95])  # before training, then per epoch
+    seed_everything(0)
+    model = build_model("stl", synthetic_cls, {"hidden": [16]})
+    model.extra_metrics = lambda taskset, split: {"score": next(scripted)}  # type: ignore[method-assign]
+    params_after: dict[int, dict[str, torch.Tensor]] = {}
+    cfg = TrainConfig(epochs=50, lr=5e-2, batch_size=16, patience=3, selection_metric="score")
+    result = train(
+        model, synthetic_cls, cfg, on_epoch=lambda e, r: params_after.update({e: _params(model)})
+    )
+    # epoch 2 scored best and epochs 3-5 did not beat it, whatever the validation loss did
+    assert (result.best_epoch, result.epochs_run, result.stopped_early) == (2, 5, True)
+    assert [h["val_score"] for h in result.history] == [0.2, 0.9, 0.5, 0.4, 0.3]
+    for k, v in _params(result.model).items():
+        torch.testing.assert_close(v, params_after[2][k], rtol=0, atol=0)
+
+
+def test_unknown_selection_metric_fails_before_training(synthetic_cls: TaskSet) -> None:
+    from taskrel.errors import ConfigError
+
+    model = build_model("stl", synthetic_cls, {"hidden": [4]})
+    epochs: list[int] = []
+    with pytest.raises(ConfigError, match="selection_metric='overall_accuracy'.*no validation"):
+        train(
+            model,
+            synthetic_cls,
+            TrainConfig(epochs=3, selection_metric="overall_accuracy"),
+            on_epoch=lambda e, r: epochs.append(e),
+        )
+    assert epochs == []

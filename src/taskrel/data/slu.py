@@ -15,9 +15,14 @@ Encoding
 --------
 - Rows are the train utterances (file order), then dev (the ``val`` split), then test; both
   tasks share ``x`` and the index arrays.
-- Vocabulary: the tokens of the (kept) *training* utterances, case kept as in the files,
-  sorted; id 0 is ``<pad>``, id 1 ``<unk>`` (every other token), ids from 2 on the vocabulary.
-  ``x`` is int64 ``(n, L)``, padded with 0.
+- Vocabulary (``meta['vocab']``, ``V`` entries): id 0 ``<pad>``, id 1 ``<unk>``, then the
+  distinct tokens of the (kept) *training* utterances, case kept as in the files, sorted.
+  These are the words a model may learn an embedding for.
+- Token table (``meta['tokens']``): the vocabulary followed by the sorted tokens that occur
+  only in dev or test (the out-of-vocabulary words). ``x`` is int64 ``(n, L)`` ids into this
+  table, padded with 0: an id ``>= V`` marks an out-of-vocabulary word, which a word-level
+  model reads as ``<unk>`` while a character-level one can still spell it. No label of a
+  dev or test utterance enters either list.
 - Intents and slot tags: the *training* split's intent labels and slot tags, sorted, plus an
   extra class ``UNK`` appended last. A multi-intent label (``atis_flight#atis_airfare``) is
   one class when it occurs in training. A dev/test utterance whose intent never occurs in
@@ -121,9 +126,9 @@ def load_slu_folder(
         A :class:`TaskSet` named after the folder, ``shared_inputs=True``, with tasks
         ``intent`` (classification; ``x`` int64 ``(n, L)`` token ids, ``y`` int64 ``(n,)``)
         and ``slots`` (sequence_labeling; the same ``x``, ``y`` int64 ``(n, L)`` tag ids
-        padded with -100). ``meta`` holds ``vocab``, ``intents``, ``slot_tags`` (both ending
-        with ``UNK``), ``max_len``, ``source_lines`` (split -> 1-based lines of its rows),
-        and the counts ``unseen_{val,test}_{intents,tags}``, ``oov_{val,test}_tokens``,
+        padded with -100). ``meta`` holds ``vocab``, ``tokens``, ``intents``, ``slot_tags``
+        (both ending with ``UNK``), ``max_len``, ``source_lines`` (split -> 1-based lines of
+        its rows), and the counts ``unseen_{val,test}_{intents,tags}``, ``oov_{val,test}_tokens``,
         ``truncated``, with the unseen label names in ``unseen_labels``.
     """
     folder = Path(path)
@@ -143,12 +148,14 @@ def _load(
     splits = {split: _read_split(folder, sub) for sub, split in SPLIT_FOLDERS}
     splits["train"] = _subsample(splits["train"], n_train, seed, name)
     vocab = _vocabulary(splits["train"])
+    tokens = _token_table(vocab, [splits["val"], splits["test"]])
     intents = _label_set(name, "intent", splits["train"].intents)
     tags = _label_set(name, "slot tag", [t for seq in splits["train"].tags for t in seq])
     lengths = [len(u) for s in splits.values() for u in s.tokens]
     length = max_len or max(lengths)
     meta = {
         "vocab": vocab,
+        "tokens": tokens,
         "intents": intents,
         "slot_tags": tags,
         "max_len": length,
@@ -156,17 +163,17 @@ def _load(
         "source_lines": {k: s.lines for k, s in splits.items()},
         **_unseen_counts(splits, vocab, intents, tags),
     }
-    tasks = _tasks(list(splits.values()), vocab, intents, tags, length)
+    tasks = _tasks(list(splits.values()), tokens, intents, tags, length)
     return TaskSet(name=name, tasks=tasks, shared_inputs=True, meta=meta)
 
 
 def _tasks(
-    splits: list[_Split], vocab: list[str], intents: list[str], tags: list[str], length: int
+    splits: list[_Split], tokens: list[str], intents: list[str], tags: list[str], length: int
 ) -> tuple[Task, Task]:
     """The ``intent`` and ``slots`` tasks over the rows of ``splits`` (train, val, test)."""
     bounds = np.cumsum([0, *(len(s.intents) for s in splits)])
     shared: dict[str, Any] = {
-        "x": _encode_tokens([u for s in splits for u in s.tokens], vocab, length),
+        "x": _encode_tokens([u for s in splits for u in s.tokens], tokens, length),
         "train_idx": np.arange(bounds[0], bounds[1]),
         "val_idx": np.arange(bounds[1], bounds[2]),
         "test_idx": np.arange(bounds[2], bounds[3]),
@@ -251,6 +258,13 @@ def _vocabulary(train: _Split) -> list[str]:
     return [PAD_TOKEN, UNK_TOKEN, *sorted(words)]
 
 
+def _token_table(vocab: list[str], others: Sequence[_Split]) -> list[str]:
+    """``vocab``, then the sorted distinct tokens of ``others`` that are not in it."""
+    known = set(vocab)
+    unseen = {t for split in others for seq in split.tokens for t in seq} - known
+    return [*vocab, *sorted(unseen)]
+
+
 def _label_set(name: str, what: str, train_labels: Sequence[str]) -> list[str]:
     """The sorted distinct training labels, then ``UNK``."""
     labels = sorted(set(train_labels))
@@ -266,9 +280,9 @@ def _ids(labels: Sequence[str], names: list[str]) -> np.ndarray:
     return np.array([index.get(label, unk) for label in labels], dtype=np.int64)
 
 
-def _encode_tokens(utterances: list[list[str]], vocab: list[str], length: int) -> np.ndarray:
-    """int64 ``(n, length)`` token ids, 0-padded; out-of-vocabulary tokens get id 1."""
-    index = {t: i for i, t in enumerate(vocab)}
+def _encode_tokens(utterances: list[list[str]], tokens: list[str], length: int) -> np.ndarray:
+    """int64 ``(n, length)`` ids into ``tokens``, 0-padded; tokens not in it get id 1."""
+    index = {t: i for i, t in enumerate(tokens)}
     index.pop(PAD_TOKEN)
     x = np.zeros((len(utterances), length), dtype=np.int64)
     for row, tokens in enumerate(utterances):

@@ -2,10 +2,10 @@
 one BiLSTM encoder (the static, ``K = 0`` base of feedback MTL).
 
 For a batch of ``b`` utterances padded with token id 0, trimmed to the longest one
-(``l`` tokens), with ``E`` = ``embedding_dim``, ``h`` = ``hidden`` per direction and
-``D`` = ``decoder_hidden``::
+(``l`` tokens), with ``E`` = ``embedding_dim``, ``h`` = ``hidden`` per direction,
+``D`` = ``decoder_hidden`` and ``E`` = ``embedding_dim + char_filters``::
 
-    e   = Dropout(Embedding(x))                          (b, l, E)   point "embedding"
+    e   = Dropout([Embedding(w) ; CharCNN(x)])           (b, l, E)   point "embedding"
     H   = Dropout(BiLSTM(e))                              (b, l, 2h)  point "encoder"
     intent: a = softmax over real tokens of v^T tanh(W_a H_l + c_a)
             u = sum_l a_l H_l                             (b, 2h)
@@ -23,7 +23,15 @@ log-likelihood of the gold tag sequence divided by the utterance's number of rea
 slot loss is the token-averaged cross-entropy and the prediction the per-token argmax.
 Feedback MTL sends the softmax of the slot logits averaged over tokens either way.
 
-In training, each word is replaced by ``<unk>`` with probability ``word_dropout`` first.
+Token ids ``x`` index the task set's token table (``meta['tokens']``, see
+:mod:`taskrel.data.slu`); ``w`` is ``x`` with every id outside the training vocabulary
+(``meta['vocab']``) replaced by ``<unk>`` (id 1), so only training words have embeddings.
+The character CNN (Ma & Hovy, 2016; on with ``char_filters > 0``, e.g. 50) spells every token of the
+table, out-of-vocabulary words included: characters (those of the training vocabulary; any
+other is one ``<unk>`` character) embedded with width ``char_dim``, a width-3 convolution
+with ``char_filters`` filters, max-pooled over the word's characters. In training, each
+word of ``w`` is replaced by ``<unk>`` with probability ``word_dropout`` first; its spelling
+stays.
 The LSTM runs on packed sequences, so padding never reaches it. Feedback MTL adds a
 vector ``(b, width)`` at an infusion point: to ``e`` or ``H`` at every token (the LSTM is
 then re-run for ``e``), or to the decoder's pre-activation. Parameters: embedding and LSTM
@@ -65,6 +73,10 @@ class JointSLUConfig(ModelConfig):
         description="training: replace each word by <unk> (id 1) with "
         "this probability, so the <unk> embedding is learned for unseen words",
     )
+    char_filters: int = Field(
+        0, ge=0, description="character-CNN filters per token (0: no character features)"
+    )
+    char_dim: int = Field(30, ge=1, description="character embedding width")
     crf: bool = Field(
         True,
         description="decode slots with a linear-chain CRF on the slot logits (loss: CRF "
@@ -136,14 +148,23 @@ class JointSLU(MTLModel):
         intent_task: int,
         slot_task: int,
         config: JointSLUConfig,
+        spellings: CharTable | None = None,
     ) -> None:
+        """``vocab_size`` words get an embedding; ``spellings`` (needed when
+        ``config.char_filters > 0``) spells every token id the inputs may hold."""
         super().__init__(tasks)
         self.config = config
         self.intent_task, self.slot_task = intent_task, slot_task
+        self.vocab_size = vocab_size
         width = 2 * config.hidden
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
+        self.chars: CharCNN | None = None
+        if config.char_filters > 0:
+            if spellings is None:
+                raise ConfigError("JointSLU: char_filters > 0 needs the tokens' spellings")
+            self.chars = CharCNN(spellings, config.char_dim, config.char_filters)
         self.lstm = nn.LSTM(
-            config.embedding_dim,
+            config.embedding_dim + config.char_filters,
             config.hidden,
             num_layers=config.layers,
             batch_first=True,
@@ -164,14 +185,24 @@ class JointSLU(MTLModel):
     def build(cls, taskset: TaskSet, config: JointSLUConfig) -> JointSLU:
         intent, slots = slu_task_indices(taskset)
         x = taskset.tasks[0].x
-        vocab_size = max(len(taskset.meta.get("vocab", ())), int(x.max()) + 1 if x.size else 2)
-        return cls(TaskSpec.from_taskset(taskset), vocab_size, intent, slots, config)
+        vocab = taskset.meta.get("vocab")
+        vocab_size = len(vocab) if vocab else int(x.max()) + 1 if x.size else 2
+        spellings = None
+        if config.char_filters > 0:
+            tokens = taskset.meta.get("tokens") or vocab
+            if not tokens or len(tokens) <= int(x.max()):
+                raise ConfigError(
+                    f"dataset {taskset.name!r}: model.char_filters > 0 needs meta['tokens'] "
+                    "(the spelling of every token id); set model.char_filters=0 otherwise"
+                )
+            spellings = CharTable.build(tokens, vocab_size)
+        return cls(TaskSpec.from_taskset(taskset), vocab_size, intent, slots, config, spellings)
 
     # -- the feedback-body interface (see taskrel.models.feedback_parts.FeedbackBody) ----
     def infusion_widths(self, task: int) -> dict[str, int]:
         cfg = self.config
         return {
-            "embedding": cfg.embedding_dim,
+            "embedding": cfg.embedding_dim + cfg.char_filters,
             "encoder": 2 * cfg.hidden,
             "decoder": cfg.decoder_hidden,
         }
@@ -182,10 +213,14 @@ class JointSLU(MTLModel):
         lengths = mask_full.sum(1).clamp(min=1)
         longest = int(lengths.max())
         x = x[:, :longest]
+        words = x.masked_fill(x >= self.vocab_size, 1)
         if self.training and self.config.word_dropout > 0:
             drop = torch.rand(x.shape, device=x.device) < self.config.word_dropout
-            x = x.masked_fill(drop & (x > 1), 1)
-        emb = self.dropout(self.embedding(x))
+            words = words.masked_fill(drop & (words > 1), 1)
+        emb = self.embedding(words)
+        if self.chars is not None:
+            emb = torch.cat([emb, self.chars(x)], dim=-1)
+        emb = self.dropout(emb)
         return SLUState(
             emb, self._lstm(emb, lengths), mask_full[:, :longest], lengths, mask_full.shape[1]
         )
@@ -264,6 +299,54 @@ class JointSLU(MTLModel):
         return slu_scores(self, taskset, split)
 
 
+# -- character features -------------------------------------------------------------------
+@dataclass(frozen=True)
+class CharTable:
+    """Spellings of a token table as character ids.
+
+    Attributes:
+        ids: int64 ``(n_tokens, max_chars)``: character ids of each token (0 = padding,
+            1 = a character outside ``alphabet``), truncated to ``max_chars``; the rows of
+            ``<pad>`` and ``<unk>`` (ids 0 and 1) are all padding.
+        alphabet: the characters that get an embedding (those of the training vocabulary),
+            ids from 2 on.
+    """
+
+    ids: np.ndarray
+    alphabet: tuple[str, ...]
+
+    @classmethod
+    def build(cls, tokens: Sequence[str], vocab_size: int, max_chars: int = 20) -> CharTable:
+        """Spell ``tokens``; the alphabet comes from ``tokens[2:vocab_size]``."""
+        alphabet = tuple(sorted({c for t in tokens[2:vocab_size] for c in t}))
+        index = {c: i + 2 for i, c in enumerate(alphabet)}
+        ids = np.zeros((len(tokens), max_chars), dtype=np.int64)
+        for row, token in enumerate(tokens[2:], start=2):
+            spelled = [index.get(c, 1) for c in token[:max_chars]]
+            ids[row, : len(spelled)] = spelled
+        return cls(ids, alphabet)
+
+
+class CharCNN(nn.Module):
+    """Word features from spelling: character embeddings, a width-3 convolution, max over
+    the characters. Input token ids ``(b, l)``; output ``(b, l, filters)``."""
+
+    def __init__(self, table: CharTable, dim: int, filters: int) -> None:
+        super().__init__()
+        self.spelling: Tensor
+        self.register_buffer("spelling", torch.as_tensor(table.ids))
+        self.embedding = nn.Embedding(len(table.alphabet) + 2, dim, padding_idx=0)
+        self.conv = nn.Conv1d(dim, filters, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        chars = self.spelling[x]  # (b, l, max_chars)
+        longest = max(int((chars != 0).sum(-1).max()), 1)
+        batch, length, _ = chars.shape
+        emb = self.embedding(chars[..., :longest].reshape(batch * length, longest))
+        features = self.conv(emb.transpose(1, 2)).amax(dim=2)  # (b * l, filters)
+        return features.reshape(batch, length, -1)
+
+
 # -- metrics ------------------------------------------------------------------------------
 def slu_metrics(
     intent_true: np.ndarray,
@@ -337,9 +420,10 @@ class TaggedSentence:
 @torch.no_grad()
 def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> TaggedSentence:
     """Intent and slot tags of one whitespace-tokenised sentence with a trained SLU model
-    of ``taskset`` (whose ``meta['vocab']`` maps words to ids)."""
+    of ``taskset`` (whose ``meta['tokens']``, else ``meta['vocab']``, maps words to ids;
+    a word in neither is ``<unk>``)."""
     intent, slots = slu_task_indices(taskset)
-    vocab = taskset.meta.get("vocab")
+    vocab = taskset.meta.get("tokens") or taskset.meta.get("vocab")
     if vocab is None:
         raise DataError(f"dataset {taskset.name!r} has no vocabulary in its meta data")
     x = encode_sentence(sentence, vocab)

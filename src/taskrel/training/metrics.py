@@ -72,7 +72,8 @@ def predict_task(
     task: int,
     batch_size: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw outputs and hard predictions of ``model`` for one task, batched."""
+    """Raw outputs and hard predictions (:meth:`MTLModel.output_predictions` of those
+    outputs: one forward pass) of ``model`` for one task, batched."""
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
@@ -80,7 +81,7 @@ def predict_task(
     for start in range(0, len(x), batch_size):
         xb = as_model_input(x[start : start + batch_size], dtype)
         outs.append(model(xb, task))
-        preds.append(model.predict(xb, task))
+        preds.append(model.output_predictions(outs[-1], xb, task))
     model.train(was_training)
     return torch.cat(outs).numpy(), torch.cat(preds).numpy()
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from taskrel.data.taskset import TaskSet
+from taskrel.errors import ConfigError
 from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
 from taskrel.seeding import seed_everything
@@ -50,7 +51,13 @@ class TrainConfig(BaseModel):
         20,
         ge=1,
         description="stop after this many epochs without a better validation "
-        "loss (needs a validation split); null disables early stopping",
+        "score (needs a validation split); null disables early stopping",
+    )
+    selection_metric: str | None = Field(
+        None,
+        description="early stopping and best-epoch selection maximise this key of the "
+        "model's validation metrics (e.g. 'overall_accuracy' of an SLU model) instead of "
+        "minimising the validation loss",
     )
     grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm")
     lbfgs_max_iter: int = Field(100, ge=1, description="L-BFGS iterations per epoch")
@@ -140,6 +147,21 @@ def validation_loss(model: MTLModel, taskset: TaskSet) -> float | None:
     return sum(losses.values()) / len(losses) if losses else None
 
 
+def validation_metric(model: MTLModel, taskset: TaskSet, name: str) -> float:
+    """``name`` of ``model.extra_metrics(taskset, "val")`` (higher is better).
+
+    Raises:
+        ConfigError: the model reports no such validation metric.
+    """
+    metrics = model.extra_metrics(taskset, "val")
+    if name not in metrics:
+        raise ConfigError(
+            f"train.selection_metric={name!r}: model {model.name!r} reports "
+            f"{sorted(metrics) or 'no'} validation metrics"
+        )
+    return metrics[name]
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while training (main thread only)."""
@@ -214,6 +236,8 @@ def train(
     sampler = TaskSampler(taskset, cfg.batch_size, cfg.seed, dtype)
     optimizer = _make_optimizer(model, cfg)
     has_val = any(len(t.val_idx) for t in taskset.tasks)
+    if cfg.selection_metric is not None and has_val and not resume:
+        validation_metric(model, taskset, cfg.selection_metric)  # fail before training
     steps = 1 if cfg.optimizer == "lbfgs" else sampler.steps_per_epoch
     total_steps = cfg.epochs * steps
 
@@ -266,6 +290,10 @@ def train(
                 val = validation_loss(model, taskset) if has_val else None
                 if val is not None:
                     record["val_loss"] = val
+                    if cfg.selection_metric is not None:
+                        score = validation_metric(model, taskset, cfg.selection_metric)
+                        record[f"val_{cfg.selection_metric}"] = score
+                        val = -score  # state["best_val"] is minimised
                     if val < state["best_val"] - 1e-12:
                         state.update(
                             best_val=val,
