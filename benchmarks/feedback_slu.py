@@ -14,6 +14,7 @@ feedback model, run alone with that many threads.
 
     python benchmarks/feedback_slu.py --quick --out quick.json
     python benchmarks/feedback_slu.py --out full.json --workers 16
+    python benchmarks/feedback_slu.py --merge main.json ablations.json --out all.json
 """
 
 from __future__ import annotations
@@ -242,6 +243,30 @@ def plan(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def run_all(jobs: list[Job], args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Run ``jobs`` in ``args.workers`` processes into ``report['runs']`` (job order),
+    rewriting ``args.out`` after each one."""
+    results = report["runs"]
+    with ProcessPoolExecutor(
+        args.workers, initializer=_init_worker, initargs=(args.threads,)
+    ) as pool:
+        costly_first = sorted(jobs, key=lambda j: VARIANTS[j.variant][0] != "feedback")
+        futures = [pool.submit(run_job, j) for j in costly_first]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            r = results[-1]
+            print(
+                f"done {r['dataset']} {r['variant']} seed {r['seed']}: "
+                + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                + f" ({r['seconds_per_epoch']:.1f} s/epoch)",
+                flush=True,
+            )
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2, default=str))
+    order = {(j.dataset, j.variant, j.epochs, j.seed): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r["dataset"], r["variant"], r["epochs"], r["seed"])])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ATIS subset, 2 variants, <60 s")
@@ -250,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--datasets", nargs="+", default=["atis", "snips"])
     parser.add_argument(
         "--main",
-        nargs="+",
+        nargs="*",
         choices=list(VARIANTS),
         default=list(MAIN),
         help="variants of the main budget (--epochs, --snips-epochs)",
@@ -283,6 +308,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=0,
         help="also time one ATIS epoch alone with this many threads (0: no)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="train nothing: summarise the runs of these earlier --out files together",
+    )
     args = parser.parse_args(argv)
     jobs = plan(args)
     start = time.perf_counter()
@@ -293,27 +324,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "runs": results,
     }
-    with ProcessPoolExecutor(
-        args.workers, initializer=_init_worker, initargs=(args.threads,)
-    ) as pool:
-        costly_first = sorted(jobs, key=lambda j: VARIANTS[j.variant][0] != "feedback")
-        futures = [pool.submit(run_job, j) for j in costly_first]
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            r = results[-1]
-            print(
-                f"done {r['dataset']} {r['variant']} seed {r['seed']}: "
-                + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
-                + f" ({r['seconds_per_epoch']:.1f} s/epoch)",
-                flush=True,
-            )
-            if args.out:
-                args.out.write_text(json.dumps(report, indent=2, default=str))
-    order = {(j.dataset, j.variant, j.epochs, j.seed): i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r["dataset"], r["variant"], r["epochs"], r["seed"])])
+    if args.merge:
+        report["mode"] = "merge"
+        for path in args.merge:
+            results += json.loads(path.read_text())["runs"]
+    else:
+        run_all(jobs, args, report)
     report["summary"] = summarize(results)
     if args.time_threads:
-        slu = jobs[0].slu
+        slu = jobs[0].slu if jobs else {}
         timing = {v: time_epoch("atis", v, args.time_threads, 32, slu) for v in MAIN}
         report["timing_alone"] = {
             "threads": args.time_threads,
