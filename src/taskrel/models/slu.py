@@ -2,8 +2,8 @@
 one BiLSTM encoder (the static, ``K = 0`` base of feedback MTL).
 
 For a batch of ``b`` utterances padded with token id 0, trimmed to the longest one
-(``l`` tokens), with ``E`` = ``embedding_dim``, ``h`` = ``hidden`` per direction,
-``D`` = ``decoder_hidden`` and ``E`` = ``embedding_dim + char_filters``::
+(``l`` tokens), with ``E`` = ``embedding_dim + char_filters``, ``h`` = ``hidden`` per
+direction and ``D`` = ``decoder_hidden``::
 
     e   = Dropout([Embedding(w) ; CharCNN(x)])           (b, l, E)   point "embedding"
     H   = Dropout(BiLSTM(e))                              (b, l, 2h)  point "encoder"
