@@ -359,6 +359,29 @@ def pairwise_relatedness(
     return Relatedness(matrix, taskset.names, "pairwise", meta=meta)
 
 
+def task_subset_losses(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    subsets: Sequence[Sequence[int]],
+    data: DataConfig | Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """Train one model on each subset of tasks (task positions) and return the per-task
+    test losses ``(M, T)``: entry ``[m, i]`` is task i's mean test loss when trained with
+    exactly the tasks of ``subsets[m]``, NaN where i is not in the subset. Jobs run on
+    ``ctx.executor`` and are cached like every retraining."""
+    n = len(taskset)
+    clean = [sorted({int(t) for t in s}) for s in subsets]
+    for s in clean:
+        if not s or s[0] < 0 or s[-1] >= n:
+            raise DataError(f"task subset {s} must be non-empty positions in [0, {n})")
+    with Retrainer(taskset, ctx, data) as rt:
+        runs = rt.run([{"tasks": s} for s in clean])
+    out = np.full((len(clean), n), np.nan)
+    for m, (s, r) in enumerate(zip(clean, runs, strict=True)):
+        out[m, s] = r["test_loss"]
+    return out
+
+
 def sample_train_ids(taskset: TaskSet, n: int, seed: int = 0) -> np.ndarray:
     """``n`` training ids ``(n, 2)`` drawn uniformly without replacement, in id order."""
     ids = taskset.train_ids()
