@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from taskrel.execution import ResultCache
+from taskrel.progress import Progress
+from taskrel.progress import progress as reporter
 from taskrel.runs import environment_info
 
 EXACT: dict[str, Any] = {
@@ -72,6 +74,13 @@ def cached(cache: ResultCache | None, key: Sequence[Any], compute: Callable[[], 
     value = compute()
     cache.put(digest, value)
     return value
+
+
+def progress(label: str, total: int, unit: str = "runs") -> Progress:
+    """A reporter for a benchmark loop, always shown: a rich bar on a terminal, otherwise
+    a line every few seconds with the time left (see :mod:`taskrel.progress`). Call
+    ``report.advance()`` after each unit, inside ``with progress(...) as report:``."""
+    return reporter(label, unit, total, enabled=True)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -32,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
+# the main feedback model: K = 2, hinge convergence loss (our formulation) on
 FEEDBACK = {"iterations": 2, "gate_points": ["encoder", "decoder"]}
+NO_CONVERGENCE = {"convergence_weight": 0.0}
+SQUARED = {"convergence": "squared"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "base (K=0)": ("slu", {}),
     "base + chars": ("slu", {"char_filters": 50}),
@@ -44,8 +47,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gate + none": ("feedback", {**FEEDBACK, "gate_none": True}),
     "intent->slots only": ("feedback", {**FEEDBACK, "edges": ["intent->slots"]}),
     "slots->intent only": ("feedback", {**FEEDBACK, "edges": ["slots->intent"]}),
-    "no convergence loss": ("feedback", {**FEEDBACK, "convergence_weight": 0.0}),
-    "K=1": ("feedback", {**FEEDBACK, "iterations": 1}),
+    # iterations x convergence loss, one row each ("feedback" is K=2 with the hinge; the
+    # hinge is identically 0 for K=1, so K=1 has no "hinge" row)
+    "K=2, no convergence loss": ("feedback", {**FEEDBACK, **NO_CONVERGENCE}),
+    "K=2, squared convergence loss": ("feedback", {**FEEDBACK, **SQUARED}),
+    "K=1, no convergence loss": ("feedback", {**FEEDBACK, "iterations": 1, **NO_CONVERGENCE}),
+    "K=1, squared convergence loss": ("feedback", {**FEEDBACK, "iterations": 1, **SQUARED}),
 }
 MAIN = ("base (K=0)", "feedback")
 # not ablations of feedback: the embedding gate costs ~4x, chars change the base model

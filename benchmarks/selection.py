@@ -1,48 +1,45 @@
 """Benchmark: MTIF data selection vs all data, random removal and single-task learning.
 
 For each dataset and seed (the seed changes the data split and the training seed):
-train the model on all data, score every training example with MTIF on the average test
-loss over tasks, remove the examples with a negative score (at most ``--max-fraction`` of
-each task), retrain, and compare per-task test metrics with (a) all data, (b) removing as
-many random examples of each task, (c) single-task learning. Reported: the primary metric
-(accuracy / RMSE) and the test loss averaged over tasks, mean ± std over seeds, the number
-of removed examples, and per-task means.
+train the model on all training rows, score every training example with MTIF on the
+average **validation** loss over tasks (:func:`taskrel.select_data`'s default: the test
+split is never read before the removal set is fixed), remove the examples with a negative
+score (at most ``--max-fraction`` of each task), retrain, and compare per-task **test**
+metrics with (a) all data, (b) removing as many random examples of each task, (c)
+single-task learning. Every dataset is loaded with a validation split (10% of each task),
+so nothing is carved. ``--score-split test`` reproduces the optimistic protocol of much of
+the influence-selection literature (selected on the test split it reports); its rows are
+marked "optimistic (selected on test)".
 
-Model: the convex hard-sharing model (``hidden=[]``, ``shared_head=True``, L2 1e-2 shared
-/ 1e-1 heads, L-BFGS in float64), so every retraining reaches the optimum of its data.
-Datasets: ``synthetic`` (one adversarial task: negative transfer exists), ``school``
-(20 schools, regression) and ``office-caltech`` (4 domains, 10 classes). Note: the scores
-are computed on the *test* loss they are then evaluated on (as in the influence-based
-selection literature); ``--holdout`` scores on the validation split instead.
+Reported: the primary metric (accuracy / RMSE) and the test loss averaged over tasks,
+mean ± sample std (ddof=1) over seeds, the number of removed examples, the number of seeds
+where MTIF beats all data, and per-task means (JSON).
 
-    python benchmarks/selection.py --quick --out quick.json
+Model: the convex hard-sharing model (``hidden=[]``, ``shared_head=True``, L2 1e-2 shared /
+1e-1 heads) trained exactly (``EXACT``: full-batch L-BFGS in float64), so every retraining
+reaches the optimum of its data. Datasets: ``synthetic`` (one adversarial task: negative
+transfer exists), ``school (20)`` (20 schools, regression) and ``office-caltech`` (4
+domains, 10 classes).
+
+    python benchmarks/selection.py --quick --out quick.json     # synthetic, 1 seed, < 60 s
     python benchmarks/selection.py --out full.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-import warnings
-from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
+from _harness import EXACT, cached, markdown, mean_std, parser, pm, progress, setup, write_out
 
-from taskrel.data.taskset import TaskSet
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import load_data
-from taskrel.relatedness.influence import NotPositiveDefiniteWarning
-from taskrel.selection import SETTINGS, select_data
+from taskrel.selection import OPTIMISTIC, SETTINGS, select_data
 from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-TRAIN = TrainConfig(
-    optimizer="lbfgs", lr=1.0, epochs=1, lbfgs_max_iter=300, patience=None, dtype="float64"
-)
 DATASETS: dict[str, dict[str, Any]] = {
     "synthetic": {
         "name": "synthetic",
@@ -68,160 +65,107 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-def scoring_view(taskset: TaskSet, holdout: bool) -> TaskSet:
-    """The task set whose *test* split MTIF scores against: the validation split with
-    ``holdout`` (so selection never sees test data), else the test split itself."""
-    if not holdout:
-        return taskset
-    return taskset.with_tasks(
-        [replace(t, test_idx=t.val_idx, val_idx=t.val_idx[:0]) for t in taskset.tasks]
-    )
-
-
-def run(
-    dataset: dict[str, Any],
-    seed: int,
-    max_fraction: float,
-    holdout: bool,
-) -> dict[str, Any]:
+def run(dataset: dict[str, Any], seed: int, max_fraction: float, score_split: str) -> dict:
+    """One selection: test metrics of every setting and the removal counts."""
     spec = {k: dataset[k] for k in ("name", "standardize")}
     spec["options"] = {**dataset["options"], "seed": seed}
-    taskset = load_data(spec)
     ctx = RelateContext(
-        model="hard", model_config=CONVEX, train_config=TRAIN.model_copy(update={"seed": seed})
+        model="hard", model_config=CONVEX, train_config=TrainConfig(**EXACT, seed=seed)
     )
     options = {"solver": dataset["solver"], "structured": dataset["solver"] == "explicit"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotPositiveDefiniteWarning)
-        if holdout:  # scores from the validation split, metrics on test
-            view = scoring_view(taskset, True)
-            result = select_data(
-                view, ctx, max_fraction=max_fraction, seed=seed, mtif_options=options
-            )
-            return _evaluate_on_test(result, taskset, ctx, seed)
-        result = select_data(
-            taskset, ctx, max_fraction=max_fraction, seed=seed, mtif_options=options
-        )
+    result = select_data(
+        load_data(spec),
+        ctx,
+        max_fraction=max_fraction,
+        seed=seed,
+        mtif_options=options,
+        score_split="test" if score_split == "test" else "val",
+    )
     return {
         "metrics": result.metrics,
         "summary": result.summary,
         "n_removed": len(result.removed),
         "n_train": len(result.ids),
-    }
-
-
-def _evaluate_on_test(
-    result: Any,
-    taskset: TaskSet,
-    ctx: RelateContext,
-    seed: int,
-) -> dict[str, Any]:
-    """Retrain each setting of a holdout-scored selection and evaluate on the test split."""
-    from taskrel.relatedness.ground_truth import Retrainer
-    from taskrel.selection import stl_config
-    from taskrel.training.metrics import summarize
-
-    with Retrainer(taskset, ctx) as rt:
-        runs = rt.run(
-            [
-                {},
-                {"drop_ids": result.removed.tolist()},
-                {"drop_ids": result.random_removed.tolist()},
-            ]
-        )
-    stl_ctx = replace(ctx, model="stl", model_config=stl_config(ctx.model_config))
-    with Retrainer(taskset, stl_ctx) as rt:
-        (stl,) = rt.run([{}])
-    metrics = dict(zip(SETTINGS, [r["metrics"] for r in (*runs, stl)], strict=True))
-    return {
-        "metrics": metrics,
-        "summary": {s: summarize(m) for s, m in metrics.items()},
-        "n_removed": len(result.removed),
-        "n_train": len(result.ids),
+        "evaluation": result.caption(),
     }
 
 
 def aggregate(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Mean ± sample std over seeds of every setting's metric and loss."""
     out: dict[str, Any] = {
         "n_removed": [r["n_removed"] for r in runs],
         "n_train": runs[0]["n_train"],
+        "evaluation": runs[0]["evaluation"],
     }
     for setting in SETTINGS:
         for key in (metric, "loss"):
             values = [r["summary"][setting][key] for r in runs]
-            out[f"{setting}_{key}"] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values)),
-                "values": values,
-            }
+            out[f"{setting}_{key}"] = {**mean_std(values), "values": values}
         tasks = runs[0]["metrics"][setting]
         out[f"{setting}_per_task_{metric}"] = {
             t: float(np.mean([r["metrics"][setting][t][metric] for r in runs])) for t in tasks
         }
-    mtif_better = [r["summary"]["mtif"][metric] > r["summary"]["all"][metric] for r in runs]
-    if metric == "rmse":
-        mtif_better = [not b for b in mtif_better]
-    out["seeds_mtif_better_than_all"] = int(sum(mtif_better))
+    sign = -1.0 if metric == "rmse" else 1.0
+    out["seeds_mtif_better_than_all"] = sum(
+        sign * (r["summary"]["mtif"][metric] - r["summary"]["all"][metric]) > 0 for r in runs
+    )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="synthetic, one seed (<60 s)")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--max-fraction", type=float, default=0.3)
-    parser.add_argument(
-        "--holdout",
-        action="store_true",
-        help="score on the validation split instead of the test split",
+    p = parser(__doc__.split("\n")[0], default_seeds=5)
+    p.add_argument("--max-fraction", type=float, default=0.3)
+    p.add_argument(
+        "--score-split",
+        choices=("val", "test"),
+        default="val",
+        help="val (default) or test: OPTIMISTIC, selects on the split it reports",
     )
-    parser.add_argument("--datasets", default=None, help="comma-separated dataset keys")
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    p.add_argument("--datasets", default=None, help="comma-separated dataset keys")
+    args = p.parse_args()
+    cache = setup(args, "selection")
     names = ["synthetic"] if args.quick else list(DATASETS)
     if args.datasets:
         names = [n.strip() for n in args.datasets.split(",")]
     seeds = [0] if args.quick else list(range(args.seeds))
     start = time.perf_counter()
     results = {}
-    for name in names:
-        ds = DATASETS[name]
-        runs = [run(ds, s, args.max_fraction, args.holdout) for s in seeds]
-        results[name] = aggregate(runs, ds["metric"])
-        print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    lines = [
-        "| dataset | metric | " + " | ".join(SETTINGS) + " | removed / train | seeds mtif > all |",
-        "|---" * (len(SETTINGS) + 4) + "|",
-    ]
+    with progress("selection benchmark", len(names) * len(seeds), "selections") as report:
+        for name in names:
+            ds = DATASETS[name]
+            runs = []
+            for s in seeds:
+                key = ["selection", name, ds, s, args.max_fraction, args.score_split, CONVEX]
+                one = partial(run, ds, s, args.max_fraction, args.score_split)
+                runs.append(cached(cache, key, one))
+                report.advance()
+            results[name] = aggregate(runs, ds["metric"])
+    rows = []
     for name, r in results.items():
-        metric = DATASETS[name]["metric"]
-        for key in (metric, "loss"):
-            cells = [
-                f"{r[f'{s}_{key}']['mean']:.4f} ± {r[f'{s}_{key}']['std']:.4f}" for s in SETTINGS
-            ]
-            lines.append(
-                f"| {name} | {key} | "
-                + " | ".join(cells)
-                + f" | {np.mean(r['n_removed']):.0f} / {r['n_train']} | "
-                + f"{r['seeds_mtif_better_than_all']}/{len(seeds)} |"
+        for key in (DATASETS[name]["metric"], "loss"):
+            rows.append(
+                [name, key, *(pm(r[f"{s}_{key}"], 4) for s in SETTINGS)]
+                + [
+                    f"{np.mean(r['n_removed']):.0f} / {r['n_train']}",
+                    f"{r['seeds_mtif_better_than_all']}/{len(seeds)}",
+                ]
             )
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "mode": "quick" if args.quick else "full",
-                    "seeds": seeds,
-                    "max_fraction": args.max_fraction,
-                    "holdout": args.holdout,
-                    "model": CONVEX,
-                    "wall_time_s": time.perf_counter() - start,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+    header = ["dataset", "metric", *SETTINGS, "removed / train", "seeds mtif > all"]
+    note = OPTIMISTIC if args.score_split == "test" else "selected on validation"
+    print(f"test metrics, mean ± std over {len(seeds)} seed(s); {note}\n")
+    print(markdown(header, rows))
+    write_out(
+        args,
+        {
+            "seeds": seeds,
+            "score_split": args.score_split,
+            "evaluation": note,
+            "model": CONVEX,
+            "train": EXACT,
+            "results": results,
+        },
+        started=start,
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,30 @@ Sub-commands (each prints markdown tables and, with ``--out FILE.json``, writes 
   the off-diagonal entries, mass on the own cluster).
 
 Protocol: for every (split, seed) a validation set is carved out of the *training fraction*
-(``--val-frac`` of each task's training rows; the test rows are never touched). For every
-method each learning rate of a small grid is trained for a fixed number of epochs; the
-trainer keeps the epoch with the best validation loss and the grid point with the best
-validation score (accuracy; minus MSE for regression) is reported on test. Regression targets
-are standardised with the pooled training mean/std (RMSE is reported in original units).
-Timings are wall seconds of one training run, on a shared machine (noisy): compare them as
-ratios within one run. Every process uses one torch thread.
+(``--val-frac`` of each task's training rows; the test rows are never touched).
+
+Equal tuning budget: every method gets a grid of the *same size* over its own main knobs
+(:data:`KNOBS`): learning rate x L2 (STL, hard sharing), learning rate x coupling (soft
+sharing), learning rate x KL weight ``beta`` (every VMTL variant, the no-mixing one
+included); the school baselines are convex (L-BFGS, no learning rate), so there the grid is
+5 regularisation values for them and 5 ``beta`` values for VMTL. Each grid point is
+trained for a fixed number of epochs; the trainer keeps the epoch with the best validation
+loss and the grid point with the best validation score (accuracy; minus MSE for
+regression) is reported on test. The grid size is a column of every table.
+
+Paired reporting: per split, for each VMTL variant with a mixture prior and each baseline,
+the per-seed difference of the task-averaged test metric (VMTL minus baseline; same seed =
+same split and validation carve-out), its mean ± std, wins/ties/losses, a two-sided sign
+test (``scipy.stats.binomtest`` on wins among non-ties) and a paired t-test
+(``scipy.stats.ttest_1samp`` on the differences, the same as ``ttest_rel``). JSON:
+``report["paired"][split]``.
+
+Regression targets are standardised with the pooled training mean/std (RMSE is reported in
+original units). Timings are wall seconds of one training run, on a shared machine
+(noisy): compare them as ratios within one run. Every process uses one torch thread.
+
+Finished runs are cached (``.bench-cache/vmtl_bench[-quick]``, or ``--cache DIR``): rerun
+the same command to resume; ``--no-cache`` recomputes everything.
 
 Usage::
 
@@ -28,24 +45,35 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from _harness import mean_std, parser, setup, write_out
+from scipy import stats
 
 VAL_NOTE = (
-    "Model selection (epoch and learning rate) on a validation "
+    "Model selection (epoch and grid point) on a validation "
     "split carved from the training fraction; test data never used for selection."
 )
 
 
 SCHOOL_L2_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # school baselines' regularisation grid
+SCHOOL_BETA_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # school VMTL's KL-weight grid
+KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "stl": ("l2", (1e-4, 1e-3, 1e-2)),
+    "hard": ("l2", (1e-4, 1e-3, 1e-2)),
+    "soft": ("coupling", (1e-3, 1e-2, 1e-1)),
+    "vmtl": ("beta", (1.0, 0.1, 0.01)),
+}
+"""Each model's tuned knob besides the learning rate, and its values (office-caltech,
+digits); ``--quick`` keeps the first two."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,16 @@ class Method:
     lrs: tuple[float, ...]
     grid: tuple[dict[str, Any], ...] = ({},)
     train: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> int:
+        """Number of configurations tried (selected on validation)."""
+        return len(self.lrs) * len(self.grid)
+
+    @property
+    def mixes(self) -> bool:
+        """A VMTL variant with a mixture prior (the rows of the paired comparison)."""
+        return self.model == "vmtl" and self.options.get("prior", "both") != "none"
 
 
 @dataclass(frozen=True)
@@ -167,11 +205,24 @@ def run_job(job: Job) -> Outcome:
     return Outcome(job, score, test, seconds, result.best_epoch, extra)
 
 
-def run_all(jobs: Sequence[Job], workers: int) -> list[Outcome]:
-    if workers <= 1:
-        return [run_job(j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(run_job, jobs))
+def run_all(jobs: Sequence[Job], args: argparse.Namespace) -> list[Outcome]:
+    """Every job's outcome, in order: read from the cache (``--cache``, off with
+    ``--no-cache``) or trained in ``--workers`` processes and cached as each finishes, so
+    an interrupted benchmark resumes where it stopped."""
+    cache = setup(args, "vmtl_bench")
+    digests = [
+        hashlib.sha256(json.dumps(asdict(j), sort_keys=True, default=str).encode()).hexdigest()
+        for j in jobs
+    ]
+    done = {d: cache.get(d) for d in digests if cache is not None and d in cache}
+    todo = {d: j for d, j in zip(digests, jobs, strict=True) if d not in done}
+    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+        mapper = pool.map if args.workers > 1 else map
+        for digest, outcome in zip(todo, mapper(run_job, todo.values()), strict=True):
+            done[digest] = outcome
+            if cache is not None:
+                cache.put(digest, outcome)
+    return [done[d] for d in digests]
 
 
 def select(outcomes: Sequence[Outcome]) -> dict[tuple[str, float, int], Outcome]:
@@ -184,13 +235,52 @@ def select(outcomes: Sequence[Outcome]) -> dict[tuple[str, float, int], Outcome]
     return best
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+def fmt(ms: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` (a :func:`_harness.mean_std` dict) times ``scale``."""
+    return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
 
 
-def fmt(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
+def paired(diffs: Sequence[float]) -> dict[str, Any]:
+    """Paired statistics of per-seed differences (VMTL minus baseline): mean ± std,
+    wins/ties/losses, two-sided sign-test and paired t-test p-values (NaN when undefined)."""
+    d = np.asarray(diffs, dtype=float)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    sign_p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else math.nan
+    t_p = math.nan
+    if len(d) > 1 and np.ptp(d) > 0:
+        t_p = float(stats.ttest_1samp(d, 0.0).pvalue)  # = ttest_rel of the paired values
+    return {
+        "per_seed": d.tolist(),
+        "mean_std": mean_std(d.tolist()),
+        "wins": wins,
+        "ties": len(d) - wins - losses,
+        "losses": losses,
+        "sign_test_p": float(sign_p),
+        "paired_t_test_p": t_p,
+    }
+
+
+def paired_table(
+    rows: dict[str, Any], methods: Sequence[Method], scale: float, digits: int
+) -> dict[str, Any]:
+    """Print and return the paired comparison of every mixture-prior VMTL variant with
+    every baseline (methods without a mixture prior) on the per-seed averages."""
+    print("\n| VMTL variant | baseline | VMTL − baseline (mean ± std) | W/T/L | sign p | t p |")
+    print("|---|---|---|---|---|---|")
+    out: dict[str, Any] = {}
+    for v in (m for m in methods if m.mixes):
+        for b in (m for m in methods if not m.mixes):
+            a, c = rows[v.label], rows[b.label]
+            if a["seeds"] != c["seeds"]:  # pragma: no cover - every method runs every seed
+                raise ValueError("paired comparison needs the same seeds")
+            stat = paired(np.subtract(a["average_per_seed"], c["average_per_seed"]).tolist())
+            out[f"{v.label} - {b.label}"] = stat
+            w, t, loss = stat["wins"], stat["ties"], stat["losses"]
+            print(
+                f"| {v.label} | {b.label} | {fmt(stat['mean_std'], scale, digits)} | "
+                f"{w}/{t}/{loss} | {stat['sign_test_p']:.3g} | {stat['paired_t_test_p']:.3g} |"
+            )
+    return out
 
 
 def summarise(
@@ -205,7 +295,12 @@ def summarise(
     """Print per-split markdown tables (per task and average of ``metric``) and return
     every figure."""
     best = select(outcomes)
-    report: dict[str, Any] = {"metric": metric, "selection": VAL_NOTE, "splits": {}}
+    report: dict[str, Any] = {
+        "metric": metric,
+        "selection": VAL_NOTE,
+        "splits": {},
+        "paired": {},
+    }
     for frac in fracs:
         chosen = {
             m.label: [o for (lab, f, _), o in best.items() if lab == m.label and f == frac]
@@ -213,7 +308,7 @@ def summarise(
         }
         tasks = list(next(iter(chosen.values()))[0].test)
         many = len(tasks) > 12
-        head = ["method", *([] if many else tasks), f"average {metric}", "train s/run"]
+        head = ["method", "grid", *([] if many else tasks), f"average {metric}", "train s/run"]
         if metric == "explained_variance":
             head.insert(-1, "average RMSE")
         print(f"\n### {title}, {frac:.0%} training ({len(chosen[methods[0].label])} seeds)\n")
@@ -238,9 +333,11 @@ def summarise(
                 "val_score": [o.val_score for o in runs],
                 "best_epoch": [o.best_epoch for o in runs],
                 "train_seconds_mean_std": secs,
+                "grid_size": m.grid_size,
             }
             cells = [
                 m.label,
+                str(m.grid_size),
                 *([] if many else [fmt(per_task[t], scale, digits) for t in tasks]),
                 fmt(avg, scale, digits),
             ]
@@ -248,31 +345,70 @@ def summarise(
                 rmse = mean_std([np.mean([o.test[t]["rmse"] for t in tasks]) for o in runs])
                 row["average_rmse_mean_std"] = rmse
                 cells.append(fmt(rmse, 1.0, 3))
-            cells.append(f"{secs[0]:.1f}")
+            cells.append(f"{secs['mean']:.1f}")
             print("| " + " | ".join(cells) + " |")
             if runs and runs[0].extra:
                 row["alpha"] = {
                     k: np.mean([o.extra[k] for o in runs], axis=0).tolist() for k in runs[0].extra
                 }
             rows[m.label] = row
+        report["paired"][f"{frac:g}"] = paired_table(rows, methods, scale, digits)
         report["splits"][f"{frac:g}"] = rows
     return report
 
 
+def tuned(
+    label: str, model: str, options: dict[str, Any], lrs: tuple[float, ...], quick: bool
+) -> Method:
+    """A method whose grid is ``lrs`` x its :data:`KNOBS` values (the first two if quick)."""
+    knob, values = KNOBS[model]
+    return Method(
+        label, model, options, lrs, tuple({knob: v} for v in values[: 2 if quick else None])
+    )
+
+
 def methods_for(
-    dropout: float, latent: int, hidden: int, vmtl_extra: dict[str, Any], lrs: tuple[float, ...]
+    dropout: float,
+    latent: int,
+    hidden: int,
+    vmtl_extra: dict[str, Any],
+    lrs: tuple[float, ...],
+    quick: bool,
 ) -> list[Method]:
-    """The compared methods; every baseline sees the same dropout and width."""
+    """The compared methods, each with an equal-size grid; every baseline sees the same
+    dropout and width. The VMTL rows: free and amortised heads (the default marked) with
+    the reference's moment prior, and the default heads with the bound prior."""
+    from taskrel.models.vmtl import VMTLConfig
+
+    default = VMTLConfig().classifier
     base = {"hidden": [hidden], "dropout": dropout}
     vm = {"latent": latent, "dropout": dropout, **vmtl_extra}
-    return [
-        Method("STL", "stl", base, lrs),
-        Method("hard sharing", "hard", base, lrs),
-        Method("soft sharing", "soft", base, lrs),
-        Method("Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs),
-        Method("VMTL (moment prior, default)", "vmtl", vm, lrs),
-        Method("VMTL (bound prior)", "vmtl", {**vm, "prior_form": "bound"}, lrs),
+    heads = {"free": "free heads", "amortized": "amortised heads"}
+    rows = [
+        tuned("STL", "stl", base, lrs, quick),
+        tuned("hard sharing", "hard", base, lrs, quick),
+        tuned("soft sharing", "soft", base, lrs, quick),
+        tuned(
+            "Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs, quick
+        ),
     ]
+    for kind, name in heads.items():
+        mark = ", default" if kind == default else ""
+        rows.append(
+            tuned(
+                f"VMTL (moment prior, {name}{mark})", "vmtl", {**vm, "classifier": kind}, lrs, quick
+            )
+        )
+    rows.append(
+        tuned(
+            f"VMTL (bound prior, {heads[default]})",
+            "vmtl",
+            {**vm, "prior_form": "bound"},
+            lrs,
+            quick,
+        )
+    )
+    return rows
 
 
 def benchmark(
@@ -306,7 +442,7 @@ def benchmark(
         for g in m.grid
     ]
     start = time.perf_counter()
-    outcomes = run_all(jobs, args.workers)
+    outcomes = run_all(jobs, args)
     scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 3)
     report = summarise(outcomes, methods, fracs, metric, scale, digits, title)
     report.update(
@@ -327,7 +463,7 @@ def benchmark(
 
 def cmd_office_caltech(args: argparse.Namespace) -> dict[str, Any]:
     fracs = [0.1] if args.quick else [0.05, 0.1, 0.2]
-    methods = methods_for(0.5, 128, 128, {}, (1e-3,) if args.quick else (1e-3, 1e-2))
+    methods = methods_for(0.5, 128, 128, {}, (1e-3,) if args.quick else (1e-3, 1e-2), args.quick)
     return {
         "office-caltech": benchmark(
             args,
@@ -345,8 +481,8 @@ def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
     lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
     fracs = [0.1] if args.quick else [0.05, 0.1]
     opts = {"n_per_task": 150} if args.quick else {}
-    cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
-    reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs)
+    cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick)
+    reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick)
     out = {}
     if args.digits_part in ("classification", "both"):
         out["rotated-digits"] = benchmark(
@@ -381,12 +517,14 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
     The baselines are convex: they are trained to their optimum with full-batch L-BFGS
     (``--lbfgs-epochs`` epochs of 100 iterations, best validation epoch kept) and their
     regularisation is tuned on the validation split over :data:`SCHOOL_L2_GRID` (STL: ridge
-    ``l2``; hard sharing: ``l2_task`` on the task heads; soft sharing: ``coupling``). VMTL
-    gets Adam at lr 1e-2 and no grid."""
+    ``l2``; hard sharing: ``l2_task`` on the task heads; soft sharing: ``coupling``). Every
+    VMTL variant gets Adam at lr 1e-2 and the same number of grid points over its KL
+    weight ``beta`` (:data:`SCHOOL_BETA_GRID`)."""
     fracs = [0.2] if args.quick else [0.1, 0.2, 0.3]
     n_tasks = 30 if args.quick else args.school_tasks
     opts = {"n_tasks": n_tasks} if n_tasks < 139 else {}
     grid = SCHOOL_L2_GRID[1:3] if args.quick else SCHOOL_L2_GRID
+    betas = tuple({"beta": b} for b in (SCHOOL_BETA_GRID[1:3] if args.quick else SCHOOL_BETA_GRID))
     lbfgs = {"optimizer": "lbfgs", "epochs": args.lbfgs_epochs}
     linear = {"hidden": []}
     vm = {"latent": 16, "dropout": 0.0}
@@ -409,11 +547,26 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
             train=lbfgs,
         ),
         Method(
-            "Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, (1e-2,)
+            "Bayesian, N(0,I) priors (vmtl prior=none)",
+            "vmtl",
+            {**vm, "prior": "none"},
+            (1e-2,),
+            betas,
         ),
-        Method("VMTL (moment prior on w)", "vmtl", {**vm, "prior": "w"}, (1e-2,)),
+        Method("VMTL (moment prior on w)", "vmtl", {**vm, "prior": "w"}, (1e-2,), betas),
         Method(
-            "VMTL (bound prior on w)", "vmtl", {**vm, "prior": "w", "prior_form": "bound"}, (1e-2,)
+            "VMTL (moment prior on w, amortised heads)",
+            "vmtl",
+            {**vm, "prior": "w", "classifier": "amortized"},
+            (1e-2,),
+            betas,
+        ),
+        Method(
+            "VMTL (bound prior on w)",
+            "vmtl",
+            {**vm, "prior": "w", "prior_form": "bound"},
+            (1e-2,),
+            betas,
         ),
     ]
     return {
@@ -431,7 +584,8 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_alpha(args: argparse.Namespace) -> dict[str, Any]:
-    """Learned alpha vs the synthetic ground truth, per prior form and component.
+    """Learned alpha vs the synthetic ground truth, per prior form (free heads, and the
+    amortised heads with the moment and bound forms) and component.
 
     No validation split and no selection: alpha is read after the last epoch (early
     stopping can restore an epoch from before the mixture priors switch on)."""
@@ -439,23 +593,29 @@ def cmd_alpha(args: argparse.Namespace) -> dict[str, Any]:
     from taskrel.relatedness import agreement
 
     epochs = args.epochs
-    forms = ["moment", "bound", "mixture"]
+    forms = {f: {"prior_form": f} for f in ("moment", "bound", "mixture")}
+    forms.update(
+        {
+            f"{f}, amortised heads": {"prior_form": f, "classifier": "amortized"}
+            for f in ("moment", "bound")
+        }
+    )
     jobs = [
         Job(
             "synthetic",
             {"val": 0},
             0.3,
             s,
-            Method(f, "vmtl", {"latent": 32, "prior_form": f}, (1e-2,)),
+            Method(f, "vmtl", {"latent": 32, **options}, (1e-2,)),
             1e-2,
             {},
             epochs,
             val_frac=0.0,  # no validation: alpha is read after the last epoch
         )
         for s in range(args.seeds)
-        for f in forms
+        for f, options in forms.items()
     ]
-    outcomes = run_all(jobs, args.workers)
+    outcomes = run_all(jobs, args)
     print("\n### Learned VMTL mixing weights vs synthetic ground-truth similarity\n")
     print(
         "_8 tasks: 2 clusters of 3, 1 unrelated, 1 adversarial; 30% training. No model "
@@ -464,7 +624,7 @@ def cmd_alpha(args: argparse.Namespace) -> dict[str, Any]:
         "over the 6 cluster tasks of the alpha mass on the 2 other tasks of its cluster "
         "(uniform weights: 2/7 = 0.286)._\n"
     )
-    print("| prior form | component | Spearman (mean ± std) | own-cluster mass | seeds |")
+    print("| variant | component | Spearman (mean ± std) | own-cluster mass | seeds |")
     print("|---|---|---|---|---|")
     report: dict[str, Any] = {"selection": "none: alpha after the last epoch", "forms": {}}
     for f in forms:
@@ -501,38 +661,32 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=[*COMMANDS, "all"])
-    parser.add_argument("--quick", action="store_true", help="one split, fewer seeds (< 60 s)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5; quick 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 100; quick 40)")
-    parser.add_argument(
+    cli = parser(__doc__.split("\n\n")[0])
+    cli.set_defaults(seeds=None)  # 5, or 1 with --quick
+    cli.add_argument("command", choices=[*COMMANDS, "all"])
+    cli.add_argument("--epochs", type=int, default=None, help="epochs (default 100; quick 20)")
+    cli.add_argument(
         "--val-frac",
         type=float,
         default=0.2,
         help="fraction of each task's training rows used for validation",
     )
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes")
-    parser.add_argument(
+    cli.add_argument("--workers", type=int, default=2, help="parallel processes")
+    cli.add_argument(
         "--school-tasks", type=int, default=139, help="school: first N schools (quick: 30)"
     )
-    parser.add_argument(
+    cli.add_argument(
         "--min-steps",
         type=int,
         default=0,
         help="train every run for at least this many optimiser steps (tiny tasks take "
         "one step per epoch)",
     )
-    parser.add_argument(
-        "--digits-part", choices=["classification", "angle", "both"], default="both"
-    )
-    parser.add_argument(
-        "--lbfgs-epochs", type=int, default=5, help="school baselines: L-BFGS epochs"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
-    args = parser.parse_args(argv)
+    cli.add_argument("--digits-part", choices=["classification", "angle", "both"], default="both")
+    cli.add_argument("--lbfgs-epochs", type=int, default=5, help="school baselines: L-BFGS epochs")
+    args = cli.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 5)
-    args.epochs = args.epochs or (40 if args.quick else 100)
+    args.epochs = args.epochs or (20 if args.quick else 100)
     start = time.perf_counter()
     names = list(COMMANDS) if args.command == "all" else [args.command]
     report: dict[str, Any] = {
@@ -545,16 +699,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report.update(COMMANDS[name](args))
     report["total_wall_seconds"] = time.perf_counter() - start
     print(f"\ntotal wall time {report['total_wall_seconds']:.1f} s")
-    if args.out is not None:
-        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(type(value))
+    write_out(args, report, start)
 
 
 if __name__ == "__main__":

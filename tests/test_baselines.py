@@ -12,7 +12,7 @@ import torch
 
 from taskrel.data import load
 from taskrel.data.taskset import Task, TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.models import build_model
 from taskrel.models.base import Batch
 from taskrel.relatedness import RelateContext, agreement, relate
@@ -163,7 +163,7 @@ def test_models_without_shared_parameters_are_refused(synthetic_reg: TaskSet) ->
     ctx = RelateContext(
         model="stl", model_config={"hidden": [4]}, train_config=TrainConfig(epochs=1, patience=None)
     )
-    with pytest.raises(ConfigError, match="no shared parameters"):
+    with pytest.raises(NotApplicableError, match="no shared parameters"):
         relate(synthetic_reg, "gradient", ctx)
     with pytest.raises(ConfigError, match="every must be"):
         relate(synthetic_reg, "affinity", RelateContext(), every=0)

@@ -16,10 +16,10 @@ def test_datasets_lists_every_builtin_with_its_task_count(
     out = capsys.readouterr().out
     for name in DATASETS:
         assert name in out
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
-    assert rows["school"].split("│")[3].strip() == "139"
-    assert rows["office-caltech"].split("│")[3].strip() == "4"
-    assert rows["atis"].split("│")[3].strip() == "2"
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.count("|") > 3}
+    assert rows["school"].split("|")[3].strip() == "139"
+    assert rows["office-caltech"].split("|")[3].strip() == "4"
+    assert rows["atis"].split("|")[3].strip() == "2"
 
 
 def test_train_writes_a_complete_run_folder(

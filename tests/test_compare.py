@@ -15,7 +15,7 @@ from taskrel.cli import main
 from taskrel.compare import Comparison, compare
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.relatedness import METHODS, RelateContext, agreement
 from taskrel.relatedness.result import Relatedness
 from taskrel.report import write_comparison
@@ -28,7 +28,7 @@ ADAM = {"epochs": 5, "batch_size": 16, "patience": None}
 
 def not_for_regression(taskset: TaskSet, ctx: RelateContext) -> Relatedness:
     """A method that does not apply to regression tasks."""
-    raise ConfigError("needs classification tasks")
+    raise NotApplicableError("needs classification tasks")
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,54 @@ def test_cli_relate_compare_and_report(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "cmp")]) == 0
     assert report.read_text() == before
     assert main(["report", str(tmp_path / "one")]) == 2  # not a comparison folder
+
+
+def test_compare_over_repeats_scores_the_mean_matrices_against_a_noise_ceiling(
+    small: TaskSet, tmp_path: Path
+) -> None:
+    comparison = compare(
+        small,
+        ["gradient"],
+        RelateContext(model_config=LINEAR, train_config=EXACT),
+        {"gradient": {"train_config": ADAM}},
+        repeats=2,
+        seed=1,
+    )
+    assert list(comparison.results) == ["gradient", "ground-truth"]  # reference added
+    grad, truth = comparison.results["gradient"], comparison.results["ground-truth"]
+    assert grad.meta["per_repeat"].shape == truth.meta["per_repeat"].shape == (2, 5, 5)
+    np.testing.assert_allclose(grad.matrix, grad.meta["per_repeat"].mean(0))
+    assert not np.allclose(grad.meta["per_repeat"][0], grad.meta["per_repeat"][1])
+    t = comparison.trust
+    assert t["ground_truth"] == "loto" and t["repeats"] == 2 and t["methods"] == ["gradient"]
+    assert t["agreement_gradient_vs_loto"] == pytest.approx(agreement(grad, truth))
+    assert t["ceiling_loto"] == pytest.approx(np.sqrt(max(t["reliability_loto"], 0.0)))
+    assert t["reliability_loto"] == pytest.approx(truth.meta["reliability"])
+    low, high = t["agreement_gradient_vs_loto_ci_low"], t["agreement_gradient_vs_loto_ci_high"]
+    assert low <= t["agreement_gradient_vs_loto"] <= high
+    ceiling = t["ceiling_loto"]  # 0 when the split halves disagree (2 repeats, 20 entries)
+    fraction = t["agreement_gradient_vs_loto"] / ceiling if ceiling > 0 else float("nan")
+    assert t["fraction_of_ceiling_gradient_vs_loto"] == pytest.approx(fraction, nan_ok=True)
+    [row] = comparison.trust_rows()
+    assert row["verdict"] == t["verdict_gradient_vs_loto"]
+    md = comparison.to_markdown()
+    assert "noise ceiling" in md and f"| gradient | {row['agreement']:.3g} [" in md
+    assert row["verdict"] in md and "Most helpful pairs of loto" in md
+    comparison.save(tmp_path)
+    loaded = Comparison.load(tmp_path)
+    assert json.dumps(loaded.trust, sort_keys=True) == json.dumps(comparison.trust, sort_keys=True)
+    assert loaded.to_markdown() == md
+    assert loaded.config["repeats"] == 2 and loaded.config["ground_truth"] == "loto"
+
+
+def test_ground_truth_choice_and_repeats_are_checked_before_anything_runs(
+    small: TaskSet,
+) -> None:
+    with pytest.raises(ConfigError, match="ground_truth must be one of loto, pairwise, subsets"):
+        compare(small, ["gradient"], ground_truth="nope")
+    with pytest.raises(ConfigError, match="repeats must be an integer >= 1, got 0"):
+        compare(small, ["gradient"], repeats=0)
+    with pytest.raises(ConfigError, match="'pairwise': set repeats through compare's repeats"):
+        compare(small, ["gradient"], options={"pairwise": {"repeats": 3}}, ground_truth="pairwise")
+    assert main(["compare", "--ground-truth", "nope"]) == 2
+    assert main(["compare", "--repeats", "0"]) == 2

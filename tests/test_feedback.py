@@ -87,6 +87,45 @@ def test_convergence_loss_of_oscillation_and_contraction() -> None:
     assert convergence_loss([a, b], 0.5).tolist() == [0.0, 0.0]  # K = 1: no trend
 
 
+def test_squared_convergence_loss_sums_the_squared_steps() -> None:
+    a = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
+    b = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
+    c = a + 0.5 * (b - a)  # [[0.5, 0.5], ...]: steps 0.72 then 0.18 (row 0)
+    torch.testing.assert_close(
+        convergence_loss([a, b, c], 0.5, form="squared"), torch.tensor([0.72 + 0.18, 0.0])
+    )
+    # unlike the hinge, it is non-zero for K = 1 and for contracting steps
+    torch.testing.assert_close(
+        convergence_loss([a, b], 0.5, form="squared"), torch.tensor([0.72, 0.0])
+    )
+    assert convergence_loss([a, b, c], 0.5).tolist() == [0.0, 0.0]
+    # tokens: mean over real tokens; only the later iteration gets a gradient
+    p0 = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]], requires_grad=True)
+    p1 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)
+    both, first = torch.tensor([[True, True]]), torch.tensor([[True, False]])
+    assert convergence_loss([p0, p1], 0.5, first, form="squared").tolist() == [0.0]
+    loss = convergence_loss([p0, p1], 0.5, both, form="squared")
+    assert loss.tolist() == [1.0]  # (0 + 2) / 2
+    loss.sum().backward()
+    assert p0.grad is None and p1.grad is not None
+    torch.testing.assert_close(p1.grad, torch.tensor([[[0.0, 0.0], [-1.0, 1.0]]]))
+
+
+def test_the_model_uses_the_chosen_convergence_loss(tiny_slu: TaskSet) -> None:
+    logs = {}
+    for form in ("hinge", "squared"):
+        torch.manual_seed(0)
+        options = {"iterations": 1, "infusion": "decoder", "convergence": form}
+        model = build_model("feedback", tiny_slu, {**options, "slu": SMALL_SLU})
+        torch.manual_seed(1)
+        _, logs[form] = model.objective(_batches(tiny_slu))
+    assert logs["hinge"]["convergence_loss"] == 0.0  # K = 1: no trend to penalise
+    assert logs["squared"]["convergence_loss"] > 0.0
+    assert logs["squared"]["data_loss"] == logs["hinge"]["data_loss"]  # same draws
+    with pytest.raises(ConfigError, match="convergence"):
+        build_model("feedback", tiny_slu, {"convergence": "cubic"})
+
+
 def test_convergence_loss_masks_padding_and_detaches_the_past() -> None:
     a = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
     b = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
@@ -127,6 +166,47 @@ def test_k0_equals_the_base_model(tiny_slu: TaskSet, crf: bool) -> None:
     torch.manual_seed(1)
     obj_base, _ = base.objective(_batches(tiny_slu))
     assert torch.equal(obj_fb, obj_base)  # same dropout draws, no extra terms at K = 0
+
+
+def _zero_amplifiers(model: FeedbackMTL) -> None:
+    with torch.no_grad():
+        for amplifiers in model.amplifiers:
+            for amp in amplifiers:
+                amp[2].weight.zero_()
+                amp[2].bias.zero_()
+
+
+@pytest.mark.parametrize("infusion", ["embedding", "encoder", "decoder", "gate"])
+def test_iterations_share_dropout_masks(tiny_slu: TaskSet, infusion: str) -> None:
+    """With zero feedback every iteration equals iteration 0 in training mode: one dropout
+    mask per example serves the whole unroll (fresh masks would move the outputs)."""
+    torch.manual_seed(0)
+    slu = {**SMALL_SLU, "layers": 2, "dropout": 0.5, "word_dropout": 0.2}
+    model = build_model("feedback", tiny_slu, {"iterations": 3, "infusion": infusion, "slu": slu})
+    assert isinstance(model, FeedbackMTL)
+    _zero_amplifiers(model)
+    x = torch.as_tensor(tiny_slu.tasks[0].x)
+    outputs, _ = model.unroll(x)
+    for k in range(1, 4):
+        for t in (0, 1):
+            assert torch.equal(outputs[k][t], outputs[0][t])
+    # dropout is on: another pass draws other masks, and evaluation differs
+    again = model.unroll(x)[0][0][0]
+    assert not torch.allclose(again, outputs[0][0])
+    assert not torch.allclose(model.eval()(x, 0), outputs[0][0])
+
+
+def test_iterations_share_dropout_masks_in_the_mlp_body(synthetic_cls: TaskSet) -> None:
+    torch.manual_seed(0)
+    ts = synthetic_cls.select_tasks([0, 1])
+    mlp = {"hidden": [8], "head_hidden": 6, "dropout": 0.5}
+    model = build_model("feedback", ts, {"iterations": 2, "mlp": mlp})
+    assert isinstance(model, FeedbackMTL)
+    _zero_amplifiers(model)
+    outputs, _ = model.unroll(torch.as_tensor(ts.tasks[0].x[:10]))
+    for t in (0, 1):
+        assert torch.equal(outputs[2][t], outputs[0][t])
+        assert torch.equal(outputs[1][t], outputs[0][t])
 
 
 def test_feedback_changes_outputs_unless_ablated(tiny_slu: TaskSet) -> None:

@@ -10,13 +10,13 @@ from torch.func import grad
 
 from taskrel.data import load
 from taskrel.models import build_model
+from taskrel.notices import collect
 from taskrel.relatedness.influence import (
     CGSolver,
     DenseOperator,
     ExplicitSolver,
     HessianOperator,
     LissaSolver,
-    NotPositiveDefiniteWarning,
     ParamSpace,
     hvp,
     lanczos_extremes,
@@ -138,15 +138,71 @@ def test_indefinite_hessian_is_diagnosed_and_auto_damped() -> None:
     a = torch.diag(torch.tensor([-1.0, 0.5, 2.0, 4.0], dtype=torch.float64))
     op = DenseOperator(a)
     rhs = torch.ones(4, 1, dtype=torch.float64)
-    with pytest.warns(NotPositiveDefiniteWarning):
+    with collect() as caveats:
         x, report = ExplicitSolver("auto").solve(op, rhs)
+    assert len(caveats) == 1 and "not positive definite" in caveats[0]
+    assert "\n" not in caveats[0]
     assert report.min_eig == pytest.approx(-1.0)
     assert report.damping == pytest.approx(resolve_damping("auto", -1.0, 4.0))
     assert report.damping > 1.0
     torch.testing.assert_close(x[:, 0], 1.0 / (torch.diagonal(a) + report.damping))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(), collect() as caveats:
+        warnings.simplefilter("error")  # no Python warning any more: a one-line notice
         _, cg_report = CGSolver(0.0, max_iter=20).solve(op, rhs)
     assert not cg_report.positive_definite  # negative curvature met
-    assert any(issubclass(w.category, NotPositiveDefiniteWarning) for w in caught)
+    assert any("not positive definite" in c for c in caveats)
     assert resolve_damping("auto", 0.3, 4.0) == 0.0
+
+
+def test_max_iter_hit_is_reported_and_noticed() -> None:
+    h = DenseOperator(_spd(30, 1e4, seed=5))
+    b = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with collect() as given:
+        _, short = CGSolver(damping=0.0, max_iter=3).solve(h, b)
+    assert (short.iterations, short.max_iter_hit) == (3, True)
+    assert short.rel_residual is not None and short.rel_residual > 1e-3
+    assert any("max_iter=3" in line for line in given)
+    with collect() as given:
+        _, full = CGSolver(damping=0.0, max_iter=500).solve(h, b)
+    assert full.max_iter_hit is False and full.iterations is not None and full.iterations < 500
+    assert not any("max_iter" in line for line in given)
+    _, lissa = LissaSolver(damping=0.0, max_iter=5).solve(h, b)
+    assert lissa.max_iter_hit is True
+    _, direct = ExplicitSolver(damping=0.0).solve(h, b)
+    assert direct.max_iter_hit is None
+
+
+class _Counting(DenseOperator):
+    calls = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().matvec(v)
+
+
+def test_cg_takes_extreme_eigenvalues_from_its_own_coefficients() -> None:
+    """The Ritz values of CG's Lanczos tridiagonal match the true extremes once CG has
+    explored the space, and no separate Lanczos run is made (products = iterations + the
+    residual check)."""
+    m = _spd(30, cond=200.0, seed=7)
+    ev = torch.linalg.eigvalsh(m)
+    op = _Counting(m)
+    rhs = torch.randn(30, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x, report = CGSolver("auto", tol=1e-12).solve(op, rhs)
+    assert report.min_eig == pytest.approx(float(ev[0]), rel=1e-6)
+    assert report.max_eig == pytest.approx(float(ev[-1]), rel=1e-6)
+    assert report.damping == 0.0 and report.positive_definite
+    assert op.calls == report.iterations + 1
+    torch.testing.assert_close(x, torch.linalg.solve(m, rhs), rtol=1e-8, atol=1e-10)
+    _, separate = CGSolver("auto", tol=1e-12, spectrum="lanczos").solve(_Counting(m), rhs)
+    assert separate.min_eig == pytest.approx(float(ev[0]), rel=1e-6)
+
+
+def test_cg_auto_damps_an_indefinite_operator_from_its_own_estimates() -> None:
+    a = torch.diag(torch.tensor([-1.0, 0.5, 2.0, 4.0], dtype=torch.float64))
+    rhs = torch.ones(4, 1, dtype=torch.float64)
+    with collect() as caveats:
+        x, report = CGSolver("auto", tol=1e-12).solve(DenseOperator(a), rhs)
+    assert report.min_eig <= -1.0 + 1e-9 and report.damping > 1.0
+    torch.testing.assert_close(x[:, 0], 1.0 / (torch.diagonal(a) + report.damping))
+    assert sum("not positive definite" in c for c in caveats) == 1

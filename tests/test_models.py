@@ -12,7 +12,7 @@ from taskrel.models.sharing import HardSharing, SoftSharing
 
 
 def test_hard_sharing_partition_and_gradient_support(synthetic_cls: TaskSet) -> None:
-    model = build_model("hard", synthetic_cls, {"hidden": [8]})
+    model = build_model("hard", synthetic_cls, {"hidden": [8], "l2": 1e-4, "l2_task": None})
     assert isinstance(model, HardSharing)
     shared = model.shared_parameters()
     assert set(shared) == {"encoder.0.weight", "encoder.0.bias"}
@@ -26,7 +26,7 @@ def test_hard_sharing_partition_and_gradient_support(synthetic_cls: TaskSet) -> 
 
 
 def test_convex_hard_sharing_is_shared_plus_task_linear(synthetic_reg: TaskSet) -> None:
-    model = build_model("hard", synthetic_reg, {"hidden": [], "shared_head": True})
+    model = build_model("hard", synthetic_reg, {"hidden": [], "l2": 1e-4, "l2_task": None})
     x = torch.randn(7, synthetic_reg.in_features)
     w = model.shared_head.weight
     v, b = model.heads[1].weight, model.heads[1].bias
@@ -39,7 +39,7 @@ def test_hard_sharing_penalty_uses_separate_l2(synthetic_reg: TaskSet) -> None:
         "hard", synthetic_reg, {"hidden": [], "shared_head": True, "l2": 0.5, "l2_task": 2.0}
     )
     shared = model.shared_head.weight.pow(2).sum()
-    heads = sum(p.pow(2).sum() for p in model.heads.parameters())
+    heads = sum(h.weight.pow(2).sum() + 1e-3 * h.bias.pow(2).sum() for h in model.heads)
     torch.testing.assert_close(model.penalty(), 0.25 * shared + 1.0 * heads)
 
 

@@ -186,3 +186,137 @@ def test_registry_entry_trains_and_returns_relatedness(classification: TaskSet, 
     back = Relatedness.load(result.save(tmp_path / "mtif"))
     assert back.instance_scores is not None
     np.testing.assert_allclose(back.instance_scores, result.instance_scores)
+
+
+def _gradient_scales(model: torch.nn.Module, taskset: TaskSet) -> tuple[float, float]:
+    """``||grad J||`` and ``max_t`` RMS per-example gradient norm, straight from the
+    model's own parameters with an autograd loop (independent of MTIF's vmap path)."""
+    params = list(model.parameters())
+
+    def flat(value: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(value, params, allow_unused=True, retain_graph=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(grads, params, strict=True)])  # fmt: skip
+
+    total, scale = model.penalty(), 0.0
+    for t, task in enumerate(taskset.tasks):
+        x, y = task.arrays("train")
+        xt = torch.as_tensor(x, dtype=params[0].dtype)
+        yt = torch.as_tensor(y)
+        yt = yt.to(params[0].dtype) if yt.is_floating_point() else yt
+        losses = model.loss(xt, yt, t)
+        total = total + losses.mean()
+        sq = [float(flat(losses[i]).pow(2).sum()) for i in range(len(losses))]
+        scale = max(scale, float(np.mean(sq)) ** 0.5)
+    return float(flat(total).norm()), scale
+
+
+def test_converged_convex_model_has_clean_diagnostics(convex_engine: MTIF) -> None:
+    result = convex_engine.relatedness(task_level="newton", instance=False)
+    diag = result.meta["diagnostics"]
+    assert diag["stationarity"]["stationary"] and diag["stationarity"]["relative"] < 1e-6
+    assert diag["damping"] == 0.0 and diag["positive_definite"]
+    newton = diag["newton"]
+    assert all(newton["positive_definite"]) and newton["damping"] == [0.0] * 4
+    assert all(lo > 0 for lo in newton["min_eig"])
+    assert result.meta["caveats"] == []
+
+
+def test_under_trained_model_is_flagged(regression: TaskSet) -> None:
+    torch.manual_seed(0)
+    model = build_model("hard", regression, CONVEX)  # untrained
+    engine = MTIF(model, regression)
+    result = engine.relatedness(instance=False)
+    stat = result.meta["diagnostics"]["stationarity"]
+    assert not stat["stationary"]
+    norm, scale = _gradient_scales(model, regression)
+    assert stat["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert stat["task_grad_scale"] == pytest.approx(scale, rel=1e-5)
+    assert stat["relative"] == pytest.approx(norm / scale, rel=1e-5) and norm / scale > 1e-2
+    assert sum("not at an optimum" in c for c in result.meta["caveats"]) == 1
+
+
+def test_indefinite_task_removed_hessian_is_diagnosed(classification: TaskSet) -> None:
+    """Untrained tanh MLP: the per-task smallest eigenvalue of H - H_j equals the dense
+    one (over the coordinates not held), the indefinite ones are named in one notice and
+    damped from the requested 0 to -lambda_min + 1e-3 lambda_max."""
+    torch.manual_seed(1)
+    model = build_model("hard", classification, {"hidden": [4], "activation": "tanh", "l2": 1e-3})
+    engine = MTIF(model, classification, solver="explicit", damping=0.0)
+    flat = MTIF(model, classification, solver="explicit", structured=False)
+    result = engine.relatedness(task_level="newton", instance=False)
+    newton = result.meta["diagnostics"]["newton"]
+    for j in range(engine.n_tasks):
+        keep = torch.ones(engine.fns.space.numel, dtype=torch.bool)
+        keep[engine.orphaned(j)] = False
+        dense = flat.operator(without=j).dense()[keep][:, keep]
+        lo = float(torch.linalg.eigvalsh(dense)[0])
+        assert newton["min_eig"][j] == pytest.approx(lo, rel=1e-8, abs=1e-12)
+        assert newton["positive_definite"][j] == (lo > 0)
+        hi = newton["max_eig"][j]
+        expected = -lo + 1e-3 * hi if lo < 0 else 0.0
+        assert newton["damping"][j] == pytest.approx(expected, rel=1e-10)
+    pds = newton["positive_definite"]
+    bad = [n for n, pd in zip(classification.names, pds, strict=True) if not pd]
+    assert bad, "the constructed case must have an indefinite H - H_j"
+    lines = [c for c in result.meta["caveats"] if c.startswith("MTIF Newton step")]
+    assert len(lines) == 1 and all(name in lines[0] for name in bad)
+
+
+@pytest.mark.parametrize("solver", ["explicit", "woodbury"])
+def test_newton_step_with_unpenalised_heads(solver: str) -> None:
+    """``l2_task=0``: without task j its head has no curvature at all (this used to raise
+    LinAlgError). The head is held where it is, which is the minimum-norm
+    (pseudo-inverse) Newton step of the flat dense system (checked at an untrained point,
+    where the step is not trivial); the trained model, whose task gradients all vanish
+    (each head fits its task), still counts as stationary."""
+    ts = load(
+        "synthetic-regression",
+        clusters=1,
+        cluster_size=2,
+        n_unrelated=1,
+        n_adversarial=0,
+        n_per_task=40,
+        n_features=3,
+        train=0.5,
+        val=0.0,
+        seed=3,
+    ).standardize()
+    config = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 0.0}
+    exact = TrainConfig(optimizer="newton", lr=1.0, epochs=2, patience=None, dtype="float64")
+    model = train_model(ts, "hard", config, exact)
+    engine = MTIF(model, ts, solver=solver)
+    newton = engine.newton_task_matrix()
+    diag = engine.newton_diagnostics
+    assert diag is not None and all(diag["positive_definite"])
+    assert diag["held"] == [4] * 3 and diag["damping"] == [0.0] * 3  # 3 weights + bias
+    assert engine.stationarity["stationary"]
+    torch.manual_seed(0)
+    model = build_model("hard", ts, config)
+    newton = MTIF(model, ts, solver=solver).newton_task_matrix()
+    assert np.abs(newton).max() > 1e-3
+    flat = MTIF(model, ts, solver="explicit", structured=False)
+    fns = flat.fns
+    base = torch.stack([fns.mean_loss(fns.theta, i, "test") for i in range(3)])
+    for j in range(3):
+        h = flat.operator(without=j).dense()
+        rhs = flat.train_gradients[:, j] - flat.objective_gradient
+        step = torch.linalg.pinv(h, rtol=1e-12) @ rhs
+        moved = torch.stack([fns.mean_loss(fns.theta + step, i, "test") for i in range(3)])
+        np.testing.assert_allclose(newton[:, j], (moved - base).numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_cg_newton_diagnostics_match_the_explicit_ones(convex_engine: MTIF) -> None:
+    """CG's task-removed solves take their eigenvalue estimates from its own Lanczos
+    coefficients: on a converged convex model they agree with the exact ones and the
+    Newton matrix with the explicit one."""
+    model, tasks = convex_engine.fns.model, convex_engine.taskset
+    cg = MTIF(model, tasks, solver="cg", structured=True, solver_options={"tol": 1e-12})
+    np.testing.assert_allclose(
+        cg.newton_task_matrix(), convex_engine.newton_task_matrix(), rtol=1e-6, atol=1e-12
+    )
+    ours, exact = cg.newton_diagnostics, convex_engine.newton_diagnostics
+    assert ours is not None and exact is not None
+    assert all(ours["positive_definite"]) and ours["damping"] == [0.0] * 4
+    np.testing.assert_allclose(ours["min_eig"], exact["min_eig"], rtol=1e-4)
+    np.testing.assert_allclose(ours["max_eig"], exact["max_eig"], rtol=1e-4)

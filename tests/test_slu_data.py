@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from taskrel.data import load
-from taskrel.data.slu import UNK, load_slu, load_slu_folder
+from taskrel.data.slu import UNK, gold_tag_names, load_slu, load_slu_folder, unseen_class
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.errors import DataError
 
@@ -75,6 +75,29 @@ def test_atis_unseen_slot_tags_map_to_unk(atis: TaskSet) -> None:
     assert int(np.sum(y_val == unk)) == atis.meta["unseen_val_tags"] == 1
     assert int(np.sum(y_test == unk)) == atis.meta["unseen_test_tags"] == 6
     assert "B-compartment" in atis.meta["unseen_labels"]["test"]["slot_tags"]
+
+
+def test_atis_unseen_gold_tags_keep_their_original_strings(atis: TaskSet) -> None:
+    slots = atis["slots"]
+    unk = unseen_class(slots.labels)
+    assert unk == len(slots.labels) - 1
+    for split, n_unseen in (("val", 1), ("test", 6)):
+        gold = gold_tag_names(atis, 1, split)
+        y = slots.arrays(split)[1]
+        assert [len(g) for g in gold] == list((y != PAD_TAG).sum(1))
+        at_unk = [g[i] for g, row in zip(gold, y, strict=True) for i in np.flatnonzero(row == unk)]
+        assert len(at_unk) == n_unseen and UNK not in {t for g in gold for t in g}
+        assert sorted(set(at_unk)) == atis.meta["unseen_labels"][split]["slot_tags"]
+    # the recorded rows are exactly those with an unseen tag, and match the files
+    rows = sorted(atis.meta["original_tags"])
+    np.testing.assert_array_equal(rows, np.flatnonzero((slots.y == unk).any(1)))
+    test_out = _bundled_lines("atis", "test", "seq.out")
+    first = slots.test_idx[0]
+    assert all(
+        atis.meta["original_tags"][r] == tuple(test_out[r - first].split())
+        for r in rows
+        if r >= first
+    )
 
 
 def test_atis_token_alignment_matches_files(atis: TaskSet) -> None:
@@ -192,6 +215,14 @@ def test_user_folder_loads_with_unk_conventions(tmp_path: Path) -> None:
     assert ts.meta["unseen_test_tags"] == 2 and ts.meta["oov_test_tokens"] == 2
     via_registry = load(folder)
     np.testing.assert_array_equal(via_registry["slots"].y, slots.y)
+    # span scoring sees the original tags of the unseen "new" span (row 4) ...
+    assert ts.meta["original_tags"] == {4: ("O", "O", "B-new", "I-new")}
+    assert gold_tag_names(ts, 1, "test") == [["O", "O", "B-new", "I-new"]]
+    assert gold_tag_names(ts, 1, "val") == [["O", "B-genre"]]
+    # ... and, without the record (meta lost), one-token spans of a type never predicted
+    bare = ts.with_tasks(ts.tasks, meta={})
+    assert gold_tag_names(bare, 1, "test") == [["O", "O", "B-UNK", "B-UNK"]]
+    assert unseen_class(intent.labels) == 2 and unseen_class(("a", "b")) is None
 
 
 def _misaligned(spec: dict) -> dict:

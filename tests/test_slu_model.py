@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from taskrel.config import load_run_config
 from taskrel.data import load
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.models import build_model
-from taskrel.models.slu import CharTable, JointSLU, encode_sentence, slu_metrics, slu_scores
+from taskrel.models.slu import (
+    CharTable,
+    JointSLU,
+    encode_sentence,
+    slu_metrics,
+    slu_scores,
+    tag_sentence,
+)
+from taskrel.training.metrics import evaluate
 from taskrel.training.trainer import TrainConfig, train
 
 TAGS = ("B-city", "I-city", "B-date", "O")
@@ -55,6 +64,83 @@ def test_overall_accuracy_needs_intent_and_every_tag() -> None:
     scores = slu_metrics(np.array([0, 1, 2]), np.array([0, 2, 2]), gold_slots, pred_slots, TAGS)
     assert scores["intent_accuracy"] == pytest.approx(2 / 3)
     assert scores["overall_accuracy"] == pytest.approx(1 / 3)  # only row 0 fully right
+
+
+def test_a_span_with_an_unseen_tag_is_scored_with_its_original_tags() -> None:
+    labels = ("B-city", "B-date", "O", "UNK")  # I-city never occurred in training
+    gold, pred = np.array([[0, 3, 2]]), np.array([[0, 2, 2]])  # predicted: a shorter city
+    original = [["B-city", "I-city", "O"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = slu_metrics(np.array([0]), np.array([0]), gold, pred, labels, original)
+    assert scores["slot_f1"] == 0.0  # gold span city(0:2) != predicted city(0:1)
+    assert scores["overall_accuracy"] == 0.0
+
+
+TINY = {"embedding_dim": 8, "hidden": 8, "decoder_hidden": 8}
+
+
+def _favour_unk(model: JointSLU, boost: float = 50.0) -> None:
+    """Make ``UNK`` (the last class) the top raw score of every intent and tag, and the
+    CRF's favourite start, transition target and end."""
+    with torch.no_grad():
+        model.intent_out.bias[-1] += boost
+        model.slot_out.bias[-1] += boost
+        if model.crf is not None:
+            for scores in (model.crf.start, model.crf.transitions[:, -1], model.crf.end):
+                scores[-1:] += boost
+
+
+@pytest.mark.parametrize(("name", "crf"), [("slu", False), ("slu", True), ("feedback", True)])
+def test_the_unseen_class_is_never_predicted(atis_small: TaskSet, name: str, crf: bool) -> None:
+    torch.manual_seed(0)
+    slu = {**TINY, "crf": crf}
+    model = build_model(name, atis_small, slu if name == "slu" else {"slu": slu}).eval()
+    body = model if isinstance(model, JointSLU) else model.body
+    assert body.unseen == {
+        0: atis_small["intent"].n_outputs - 1,
+        1: atis_small["slots"].n_outputs - 1,
+    }
+    _favour_unk(body)
+    intent, slots = atis_small
+    x = torch.as_tensor(intent.x[intent.test_idx])
+    unk_intent, unk_tag = intent.n_outputs - 1, slots.n_outputs - 1
+    logits = model(x, 0)
+    assert bool((logits.argmax(-1) == unk_intent).all())  # the raw scores prefer UNK ...
+    torch.testing.assert_close(model.predict(x, 0), logits[:, :-1].argmax(-1))  # ... not used
+    tags, real = model.predict(x, 1), x != 0
+    assert not bool((tags[real] == unk_tag).any())
+    if not crf:
+        torch.testing.assert_close(tags[real], model(x, 1)[..., :-1].argmax(-1)[real])
+    # gold unseen labels are therefore never counted correct
+    y_intent, y_slots = intent.y[intent.test_idx], slots.y[slots.test_idx]
+    assert (y_intent == unk_intent).sum() > 0 and (y_slots == unk_tag).sum() > 0
+    scores = slu_scores(model, atis_small, "test")
+    expected = float(np.mean(logits[:, :-1].argmax(-1).numpy() == y_intent))
+    assert scores["intent_accuracy"] == pytest.approx(expected)
+
+
+def test_evaluating_atis_test_gives_seqeval_real_spans(atis_small: TaskSet) -> None:
+    torch.manual_seed(0)
+    model = JointSLU.from_taskset(atis_small, TINY)
+    full_test = load("atis", n_train=300, seed=0)  # all 893 test utterances, 88 unseen tags
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seqeval's "UNK seems not to be NE tag" included
+        metrics = evaluate(model, full_test, "test")
+        scores = model.extra_metrics(full_test, "test")
+    assert metrics["slots"]["slot_f1"] == pytest.approx(scores["slot_f1"])
+
+
+def test_tagging_a_sentence_never_outputs_unk(atis_small: TaskSet) -> None:
+    torch.manual_seed(0)
+    model = JointSLU.from_taskset(atis_small, TINY).eval()
+    _favour_unk(model)
+    sentence = "show me flights from boston to denver"
+    result = tag_sentence(model, atis_small, sentence)
+    assert result.intent != "UNK" and "UNK" not in result.slots
+    logits = model(encode_sentence(sentence, atis_small.meta["tokens"]), 0)[0, :-1].detach()
+    assert result.intent == atis_small["intent"].labels[int(logits.argmax())]
+    assert result.intent_probability == pytest.approx(float(torch.softmax(logits, 0).max()))
 
 
 def test_outputs_do_not_depend_on_padding(atis_small: TaskSet) -> None:
@@ -160,7 +246,9 @@ def test_predict_command_tags_a_sentence(atis_small: TaskSet, tmp_path, capsys) 
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")), ids=lambda p: p.name
+    "path",
+    sorted((Path(__file__).parents[1] / "examples").glob("atis-*.toml")),
+    ids=lambda p: p.name,
 )
 def test_example_configs_are_valid_runs(path: Path, atis_small: TaskSet) -> None:
     config = load_run_config(path)

@@ -33,7 +33,7 @@ def test_same_seed_gives_identical_results(synthetic_cls: TaskSet) -> None:
 def test_interrupt_and_resume_reach_the_uninterrupted_result(
     synthetic_cls: TaskSet, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    config = {"hidden": [8], "dropout": 0.2}
+    config = {"hidden": [8], "dropout": 0.2, "l2": 1e-4, "l2_task": None}
     reference = fit(synthetic_cls, "hard", config, FAST)
 
     def stop_at_5(epoch: int, record: dict[str, float]) -> None:
@@ -109,7 +109,7 @@ def test_selection_metric_drives_early_stopping_and_the_restored_epoch(
 ) -> None:
     scripted = iter([0.0, 0.2, 0.9, 0.5, 0.4, 0.3, 0.95])  # before training, then per epoch
     seed_everything(0)
-    model = build_model("stl", synthetic_cls, {"hidden": [16]})
+    model = build_model("stl", synthetic_cls, {"hidden": [16], "l2": 1e-4})
     model.extra_metrics = lambda taskset, split: {"score": next(scripted)}  # type: ignore[method-assign]
     params_after: dict[int, dict[str, torch.Tensor]] = {}
     cfg = TrainConfig(epochs=50, lr=5e-2, batch_size=16, patience=3, selection_metric="score")
@@ -126,7 +126,7 @@ def test_selection_metric_drives_early_stopping_and_the_restored_epoch(
 def test_unknown_selection_metric_fails_before_training(synthetic_cls: TaskSet) -> None:
     from taskrel.errors import ConfigError
 
-    model = build_model("stl", synthetic_cls, {"hidden": [4]})
+    model = build_model("stl", synthetic_cls, {"hidden": [4], "l2": 1e-4})
     epochs: list[int] = []
     with pytest.raises(ConfigError, match="selection_metric='overall_accuracy'.*no validation"):
         train(

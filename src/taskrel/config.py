@@ -1,7 +1,7 @@
 """Typed run configuration: data, model and training options, read from a TOML or JSON
 file and overridden from the command line with ``section.key=value``.
 
-Example ``run.toml``::
+Example (``examples/run.toml``)::
 
     seed = 0
     [data]
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, format_validation_error
 from taskrel.training.trainer import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -88,14 +88,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
+    if p.suffix not in (".toml", ".json"):
+        raise ConfigError(f"{p}: config files must be .toml or .json")
     try:
-        if p.suffix == ".toml":
-            return tomllib.loads(p.read_text())
-        if p.suffix == ".json":
-            return dict(json.loads(p.read_text()))
-    except (ValueError, tomllib.TOMLDecodeError) as err:
+        text = p.read_text()
+        doc = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()} ({err})") from None
-    raise ConfigError(f"{p}: config files must be .toml or .json")
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"{p}: the top level must be an object of sections (seed, data, model, train), "
+            f"got a {type(doc).__name__}"
+        )
+    return doc
 
 
 def load_run_config(
@@ -114,11 +119,10 @@ def load_run_config(
 
 
 def validate(cls: type[BaseModel], doc: dict[str, Any], source: str) -> Any:
-    """``cls(**doc)`` with pydantic errors turned into a one-line :class:`ConfigError`."""
+    """``cls(**doc)`` with pydantic errors turned into a one-line :class:`ConfigError`
+    naming every invalid field (e.g. ``config: train.lr: input should be greater than 0
+    (got -1)``)."""
     try:
         return cls.model_validate(doc)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise ConfigError(f"{source}: field {where!r}: {first['msg']}{more}") from None
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None

@@ -273,17 +273,31 @@ class RayExecutor(Executor):
             None starts a local Ray instance (unless Ray is already initialised).
         num_cpus: CPUs for a local instance (ignored when connecting).
         cpus_per_job: CPUs reserved per job.
+        max_retries: how many times a job whose worker process or node died (killed,
+            out of memory, node lost) is run again before the sweep fails with Ray's
+            ``WorkerCrashedError``/``NodeDiedError``.
+        retry_exceptions: also retry jobs that *raise*: False (default: an exception in
+            a job is a deterministic failure and is raised at once), True (any
+            exception), or a list of exception types. Counts against ``max_retries``.
 
-    Job functions are shipped by reference, so the workers must be able to import them
-    (installed packages; a local instance also searches the driver's ``sys.path``).
-    :meth:`shutdown` (or leaving a ``with`` block) stops a Ray instance this executor
-    started and leaves one it merely joined running.
+    Retrying is safe because a job is a deterministic function of its arguments (seeded)
+    and only a finished attempt's result reaches the driver and the cache: a retried
+    job returns exactly what an undisturbed run does. Job functions are shipped by
+    reference, so the workers must be able to import them (installed packages; a local
+    instance also searches the driver's ``sys.path``). :meth:`shutdown` (or leaving a
+    ``with`` block) stops a Ray instance this executor started and leaves one it merely
+    joined running.
     """
 
     name = "ray"
 
     def __init__(
-        self, address: str | None = None, num_cpus: int | None = None, cpus_per_job: float = 1.0
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        cpus_per_job: float = 1.0,
+        max_retries: int = 3,
+        retry_exceptions: bool | Sequence[type[BaseException]] = False,
     ) -> None:
         try:
             import ray
@@ -293,6 +307,8 @@ class RayExecutor(Executor):
             ) from err
         if cpus_per_job <= 0:
             raise ConfigError(f"cpus_per_job must be > 0, got {cpus_per_job}")
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
         self._ray = ray
         self._owned = not ray.is_initialized()
         if self._owned:
@@ -309,10 +325,18 @@ class RayExecutor(Executor):
                 )
             ray.init(**kwargs)
         self.cpus_per_job = cpus_per_job
+        self.max_retries = max_retries
+        self.retry_exceptions = (
+            retry_exceptions if isinstance(retry_exceptions, bool) else list(retry_exceptions)
+        )
 
     def _run(self, jobs: Sequence[Job], ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
         ray = self._ray
-        remote = ray.remote(num_cpus=self.cpus_per_job)(_run_job)
+        remote = ray.remote(
+            num_cpus=self.cpus_per_job,
+            max_retries=self.max_retries,
+            retry_exceptions=self.retry_exceptions,
+        )(_run_job)
         pending = {remote.remote(job): i for i, job in zip(ids, jobs, strict=True)}
         try:
             while pending:

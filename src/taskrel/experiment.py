@@ -21,6 +21,7 @@ from taskrel.training.metrics import evaluate, summarize
 from taskrel.training.trainer import TrainResult, train
 
 MODEL_FILE = "model.pt"
+RESULT_FILE = "metrics.json"  # written last: a run folder holding it is complete
 
 
 def load_taskset(config: RunConfig) -> TaskSet:
@@ -55,44 +56,66 @@ def run_training(
     """Train ``config.model`` on ``config.data`` and, with ``run_dir``, write
     ``config.json``, ``environment.json``, ``metrics.json`` (test metrics per task plus
     their average), ``history.json``, ``timings.json``, ``model.pt`` and model-specific
-    artefacts into it. ``resume`` continues from ``run_dir/checkpoint.pt``."""
+    artefacts into it (``metrics.json`` last, so its presence marks a finished run).
+    ``"auto"`` regularisation options are chosen on validation data first
+    (:func:`~taskrel.training.regularization.resolve_regularization`); ``model.pt`` holds
+    the chosen values, ``config.json`` the config as given.
+    ``resume`` continues from ``run_dir/checkpoint.pt``."""
+    from taskrel.training.regularization import resolve_regularization
+
     taskset = taskset if taskset is not None else load_taskset(config)
     train_cfg = config.train.model_copy(update={"seed": config.seed})
-    seed_everything(config.seed)
-    model = build_model(config.model_name, taskset, config.model_options)
     if run_dir is not None:
         record_run(run_dir, config.model_dump())
+    options, report = resolve_regularization(
+        taskset, config.model_name, config.model_options, train_cfg
+    )
+    pinned = config.model_copy(update={"model": {"name": config.model_name, **options}})
+    seed_everything(config.seed)
+    model = build_model(config.model_name, taskset, options)
+    checkpoint = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if checkpoint is not None and not checkpoint.exists():
+        resume = False  # interrupted before the first checkpoint: start from epoch 0
     start = time.perf_counter()
     result = train(
         model,
         taskset,
         train_cfg,
-        checkpoint=run_dir / "checkpoint.pt" if run_dir is not None else None,
+        checkpoint=checkpoint,
         resume=resume,
         progress=progress,
     )
     seconds = time.perf_counter() - start
+    result.regularization = report.to_dict() if report is not None else None
     metrics = evaluate(model, taskset, "test")
     summary = {**summarize(metrics), **model.extra_metrics(taskset, "test")}
     if run_dir is not None:
+        # the selection's wall time varies from run to run: timings.json, not metrics.json
+        chosen = {k: v for k, v in (result.regularization or {}).items() if k != "seconds"}
+        write_json(run_dir / "history.json", result.history, overwrite=resume)
         write_json(
-            run_dir / "metrics.json",
+            run_dir / "timings.json",
+            {
+                "train_seconds": seconds,
+                "seconds_per_epoch": seconds / max(1, len(result.history)),
+                "regularization_seconds": (result.regularization or {}).get("seconds", 0.0),
+            },
+            overwrite=True,
+        )
+        save_model(model, pinned, run_dir / MODEL_FILE)
+        model.write_artifacts(run_dir, taskset)
+        write_json(
+            run_dir / RESULT_FILE,
             {
                 "tasks": metrics,
                 "average": summary,
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run,
+                "convergence": result.convergence,
+                "regularization": chosen or None,
             },
             overwrite=resume,
         )
-        write_json(run_dir / "history.json", result.history, overwrite=resume)
-        write_json(
-            run_dir / "timings.json",
-            {"train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(result.history))},
-            overwrite=True,
-        )
-        save_model(model, config, run_dir / MODEL_FILE)
-        model.write_artifacts(run_dir, taskset)
     return RunOutcome(model, taskset, metrics, summary, result, seconds)
 
 

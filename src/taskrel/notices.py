@@ -58,5 +58,5 @@ def collect() -> Iterator[list[str]]:
     _collectors.append(bucket)
     try:
         yield bucket
-    finally:
-        _collectors.remove(bucket)
+    finally:  # by identity: nested blocks may hold equal lists
+        del _collectors[next(i for i, b in enumerate(_collectors) if b is bucket)]

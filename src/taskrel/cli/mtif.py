@@ -6,11 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 
-from taskrel.cli import app
-from taskrel.cli.core import OutOption, console, metrics_table
+from taskrel.cli.application import app
+from taskrel.cli.core import (
+    OutOption,
+    ResumeOption,
+    print_markdown,
+    print_table,
+    say,
+)
 from taskrel.cli.relate import (
     AddressOption,
     ConfigOption,
@@ -52,14 +57,17 @@ def ground_truth(
     config: ConfigOption = None,
     seed: SeedOption = None,
     set_: SetOption = None,
-    examples: Annotated[int, typer.Option(help="loo: training examples sampled")] = 50,
-    subsets: Annotated[int, typer.Option(help="lds: random subsets retrained")] = 20,
-    fraction: Annotated[float, typer.Option(help="lds: fraction of each task removed")] = 0.5,
+    examples: Annotated[int, typer.Option(min=1, help="loo: training examples sampled")] = 50,
+    subsets: Annotated[int, typer.Option(min=1, help="lds: random subsets retrained")] = 20,
+    fraction: Annotated[
+        float, typer.Option(help="lds: fraction of each task removed, in (0, 1)")
+    ] = 0.5,
     option: MtifOption = None,
     executor: ExecutorOption = "local",
     workers: WorkersOption = 1,
     address: AddressOption = None,
     out: OutOption = None,
+    resume: ResumeOption = False,
 ) -> None:
     """Ground truth by retraining. loto/pairwise write a relatedness matrix; loo and lds
     also compute MTIF instance scores and report their agreement with retraining
@@ -69,8 +77,20 @@ def ground_truth(
 
     if kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"--fraction must be in (0, 1), got {fraction}")
     run_dir, taskset, ctx = prepare(
-        f"ground-truth-{kind}", config, data, seed, set_, out, executor, workers, address
+        f"ground-truth-{kind}",
+        config,
+        data,
+        seed,
+        set_,
+        out,
+        executor,
+        workers,
+        address,
+        resume=resume,
+        result="metrics.json",
     )
     try:
         if kind in ("loto", "pairwise"):
@@ -90,7 +110,7 @@ def ground_truth(
     finally:
         shutdown(ctx)
     write_json(run_dir / "metrics.json", summary, overwrite=True)
-    console.print(f"run folder: {run_dir}")
+    say(f"run folder: {run_dir}")
 
 
 def _matrix_ground_truth(
@@ -99,13 +119,14 @@ def _matrix_ground_truth(
     ctx: RelateContext,
     run_dir: Path,
 ) -> dict[str, Any]:
+    from taskrel.compare import save_result
     from taskrel.relatedness import relate
 
     method = "ground-truth" if kind == "loto" else "pairwise"
     rel = relate(taskset, method, ctx)
-    rel.save(run_dir / "relatedness" / kind)
+    save_result(rel, run_dir, kind)  # durations go to metrics.json only
     rel.plot(run_dir / f"{kind}.png")
-    console.print(rel.to_markdown())
+    print_markdown(rel.to_markdown())
     return {
         "kind": kind,
         "retrainings": rel.meta["retrainings"],
@@ -125,6 +146,8 @@ def _instance_ground_truth(
     seed: int,
 ) -> dict[str, Any]:
     import time
+
+    import numpy as np
 
     from taskrel.relatedness import relate
     from taskrel.relatedness.agreement import correlate
@@ -170,9 +193,7 @@ def _instance_ground_truth(
         }
         rows = {name: {"lds": v} for name, v in summary["lds_per_task"].items()}
         rows["mean"] = {"lds": summary["lds_mean"]}
-    console.print(
-        metrics_table(f"MTIF vs {kind} retraining", rows, list(next(iter(rows.values()))))
-    )
+    print_table(f"MTIF vs {kind} retraining", rows, list(next(iter(rows.values()))))
     return {
         "kind": kind,
         **summary,
@@ -184,12 +205,28 @@ def _instance_ground_truth(
 @app.command()
 def select(
     target: Annotated[
-        str, typer.Option(help="target task name, or 'average' (mean test loss over tasks)")
+        str, typer.Option(help="target task name, or 'average' (mean loss over tasks)")
     ] = "average",
     threshold: Annotated[float, typer.Option(help="remove examples scoring below it")] = 0.0,
     max_fraction: Annotated[
-        float, typer.Option(help="at most this fraction of each task is removed")
-    ] = 0.5,
+        str,
+        typer.Option(
+            help="at most this fraction of each task is removed, in [0, 1), or 'auto': "
+            "chosen on the validation split by retraining"
+        ),
+    ] = "0.5",
+    score_split: Annotated[
+        str,
+        typer.Option(
+            help="split the examples are scored on: val (default; carved from the training "
+            "rows if the data have none) or test (OPTIMISTIC: selects on the test split "
+            "it then reports)"
+        ),
+    ] = "val",
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="fraction of each task's training rows carved for validation"),
+    ] = 0.2,
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -199,15 +236,46 @@ def select(
     workers: WorkersOption = 1,
     address: AddressOption = None,
     out: OutOption = None,
+    resume: ResumeOption = False,
 ) -> None:
-    """Remove the training examples MTIF predicts to hurt the target, retrain, and
-    compare per-task test metrics with all data, random removal and single-task
-    learning; writes selection.json and removed.csv."""
+    """Score every training example by MTIF on the validation split, remove those
+    predicted to hurt the target, retrain, and compare per-task test metrics with all
+    data, random removal and single-task learning; writes removed.csv and
+    selection.json."""
+    from taskrel.errors import ConfigError
     from taskrel.runs import write_json
-    from taskrel.selection import SETTINGS, select_data
+    from taskrel.selection import (
+        OPTIMISTIC,
+        SCORE_SPLITS,
+        SETTINGS,
+        check_max_fraction,
+        select_data,
+    )
 
+    if score_split not in SCORE_SPLITS:
+        raise ConfigError(f"--score-split must be val or test, got {score_split!r}")
+    try:
+        fraction = check_max_fraction(
+            max_fraction if max_fraction == "auto" else float(max_fraction)
+        )
+    except ValueError:
+        raise ConfigError(
+            f"--max-fraction must be a number in [0, 1) or auto, got {max_fraction!r}"
+        ) from None
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     run_dir, taskset, ctx = prepare(
-        "select", config, data, seed, set_, out, executor, workers, address
+        "select",
+        config,
+        data,
+        seed,
+        set_,
+        out,
+        executor,
+        workers,
+        address,
+        resume=resume,
+        result="selection.json",
     )
     try:
         result = select_data(
@@ -215,40 +283,44 @@ def select(
             ctx,
             None if target == "average" else target,
             threshold=threshold,
-            max_fraction=max_fraction,
-            seed=0 if seed is None else seed,
+            max_fraction=fraction,
+            seed=ctx.train_config.seed,
             mtif_options=method_options(option),
+            score_split="test" if score_split == "test" else "val",
+            val_fraction=val_fraction,
         )
     finally:
         shutdown(ctx)
-    write_json(
-        run_dir / "selection.json",
-        {
-            "target": result.target,
-            "metrics": result.metrics,
-            "summary": result.summary,
-            "meta": result.meta,
-        },
-        overwrite=True,
-    )
+    removed = {(int(t), int(r)) for t, r in result.removed}
     rows = ["task,row,score"] + [
         f"{taskset.names[t]},{r},{s:.6g}"
         for (t, r), s in zip(result.ids.tolist(), result.scores.tolist(), strict=True)
-        if any((result.removed == (t, r)).all(1))
+        if (t, r) in removed
     ]
     (run_dir / "removed.csv").write_text("\n".join(rows) + "\n")
+    print_markdown(result.caption())  # how to read the tables below
     for metric in _primary_metrics(result.summary["all"]):
         table = {
             task: {s: result.metrics[s][task][metric] for s in SETTINGS}
             for task in result.metrics["all"]
         }
         table["average"] = {s: result.summary[s][metric] for s in SETTINGS}
-        console.print(
-            metrics_table(f"test {metric} (target: {result.target})", table, list(SETTINGS))
-        )
-    console.print(
+        title = f"test {metric} (target: {result.target})"
+        print_table(title + (f", {OPTIMISTIC}" if result.optimistic else ""), table, list(SETTINGS))
+    say(
         f"removed {len(result.removed)} of {len(result.ids)} training examples; "
         f"run folder: {run_dir}"
+    )
+    write_json(  # written last: its presence marks the run complete
+        run_dir / "selection.json",
+        {
+            "target": result.target,
+            "evaluation": result.caption(),
+            "metrics": result.metrics,
+            "summary": result.summary,
+            "meta": result.meta,
+        },
+        overwrite=True,
     )
 
 

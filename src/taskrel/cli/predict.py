@@ -7,18 +7,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from taskrel.cli import app
-
-console = Console()
+from taskrel.cli.application import app
+from taskrel.cli.core import print_markdown
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="run folder of a finished SLU training run")],
-    sentence: Annotated[str, typer.Argument(help="the sentence (tokenised by whitespace)")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(metavar="RUN_DIR", help="run folder of a finished SLU training run"),
+    ],
+    sentence: Annotated[
+        str, typer.Argument(metavar="SENTENCE", help="the sentence (tokenised by whitespace)")
+    ],
 ) -> None:
     """Print the intent and the slot tag of every word of SENTENCE."""
     from taskrel.experiment import load_model
@@ -26,10 +28,6 @@ def predict(
 
     model, taskset, _ = load_model(run_dir)
     result = tag_sentence(model, taskset, sentence)
-    console.print(f"intent: {result.intent}  (p = {result.intent_probability:.3f})")
-    table = Table()
-    table.add_column("word")
-    table.add_column("slot")
-    for word, tag in zip(result.tokens, result.slots, strict=True):
-        table.add_row(word, tag)
-    console.print(table)
+    typer.echo(f"intent: {result.intent}  (p = {result.intent_probability:.3f})\n")
+    rows = [f"| {word} | {tag} |" for word, tag in zip(result.tokens, result.slots, strict=True)]
+    print_markdown("\n".join(["| word | slot |", "|---|---|", *rows]))

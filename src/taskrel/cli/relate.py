@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from taskrel.cli import app
-from taskrel.cli.core import OutOption, console, metrics_table
+from taskrel.cli.application import app
+from taskrel.cli.core import (
+    OutOption,
+    ResumeOption,
+    open_run_dir,
+    print_markdown,
+    print_table,
+    say,
+)
 
 if TYPE_CHECKING:
     from taskrel.data.taskset import TaskSet
@@ -43,26 +50,47 @@ def prepare(
     executor: str,
     workers: int,
     address: str | None,
+    *,
+    resume: bool = False,
+    result: str | None = None,
 ) -> tuple[Path, TaskSet, RelateContext]:
-    """Run config, task set, relatedness context and a new run folder (holding
-    ``config.json`` and ``environment.json``) for a command.
+    """Run config, task set, relatedness context and a run folder (holding
+    ``config.json`` and ``environment.json``) for a command. The folder is created only
+    after the config and the data are validated.
+
+    With ``resume`` the folder ``out`` of an interrupted run of the same command is
+    reopened: its saved run config is used (given options must match it) and its cache
+    of finished retrainings is reused; a run whose ``result`` file exists is complete
+    and left unchanged (:class:`taskrel.runs.RunComplete`).
 
     Returns:
         ``(run_dir, taskset, ctx)``; retrainings are cached in ``run_dir/cache``."""
+    from taskrel.cli.core import saved_run_config
     from taskrel.config import load_run_config
+    from taskrel.errors import RunDirError
     from taskrel.execution import make_executor
     from taskrel.experiment import load_taskset
     from taskrel.relatedness import RelateContext
-    from taskrel.runs import new_run_dir, record_run
+    from taskrel.runs import check_not_complete, check_run_dir, read_run_record, record_run
 
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out naming the run folder")
+    check_run_dir(out, resume)
     items = list(overrides or [])
     if data is not None:
         items.append(f"data.name={data}")
     if seed is not None:
         items.append(f"seed={seed}")
     cfg = load_run_config(config, items)
+    if resume:
+        assert out is not None
+        if read_run_record(out).get("command") != kind:
+            raise RunDirError(f"{out}: not a run of 'taskrel {kind}'; cannot resume it here")
+        cfg = saved_run_config(out, cfg if (config or items) else None, key="run")
+        if result is not None:
+            check_not_complete(out, result)
     taskset = load_taskset(cfg)
-    run_dir = new_run_dir(out, kind=kind)
+    run_dir = open_run_dir(out, kind=kind, resume=resume)
     ctx = RelateContext(
         model=cfg.model_name,
         model_config=cfg.model_options,
@@ -70,10 +98,11 @@ def prepare(
         executor=make_executor(executor, workers, address),
         cache_dir=run_dir / "cache",
     )
-    record_run(
-        run_dir,
-        {"command": kind, "run": cfg.model_dump(), "executor": executor, "workers": workers},
-    )
+    if not resume:
+        record_run(
+            run_dir,
+            {"command": kind, "run": cfg.model_dump(), "executor": executor, "workers": workers},
+        )
     return run_dir, taskset, ctx
 
 
@@ -108,6 +137,7 @@ def relate(
     workers: WorkersOption = 1,
     address: AddressOption = None,
     out: OutOption = None,
+    resume: ResumeOption = False,
 ) -> None:
     """Compute one relatedness matrix: writes relatedness/METHOD.json (and .npz with
     instance scores), a heatmap PNG and timings into the run folder."""
@@ -121,24 +151,49 @@ def relate(
     if unavailable:
         raise ConfigError(f"method {method!r}: {unavailable[method]}")
     run_dir, taskset, ctx = prepare(
-        "relate", config, data, seed, set_, out, executor, workers, address
+        "relate",
+        config,
+        data,
+        seed,
+        set_,
+        out,
+        executor,
+        workers,
+        address,
+        resume=resume,
+        result="timings.json",
     )
     try:
         rel = compute(taskset, method, ctx, **opts)
     finally:
         shutdown(ctx)
+    rel.plot(run_dir / f"{method}.png")
     save_result(rel, run_dir, method)
     write_json(run_dir / "timings.json", {method: durations(rel)}, overwrite=True)
-    rel.plot(run_dir / f"{method}.png")
-    console.print(rel.to_markdown())
-    console.print(f"run folder: {run_dir}  ({rel.meta['wall_time_s']:.1f} s)")
+    print_markdown(rel.to_markdown())
+    say(f"run folder: {run_dir}  ({rel.meta['wall_time_s']:.1f} s)")
 
 
 @app.command()
 def compare(
-    methods: Annotated[str, typer.Option(help="comma-separated methods")] = (
-        "mtif,gradient,affinity,vmtl,feedback,ground-truth"
-    ),
+    methods: Annotated[
+        str, typer.Option(help="comma-separated methods (the ground truth is added)")
+    ] = "mtif,gradient,affinity,vmtl,feedback",
+    ground_truth: Annotated[
+        str,
+        typer.Option(
+            help="what the methods are scored against: loto (remove task j from the model "
+            "of all tasks), pairwise (train i with j vs alone; for grouping) or subsets "
+            "(additive effect in random task subsets)"
+        ),
+    ] = "loto",
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="repeats with a new split and training seed each; >= 2 adds the noise "
+            "ceiling, CIs and a verdict per method"
+        ),
+    ] = 1,
     data: DataOption = None,
     config: ConfigOption = None,
     seed: SeedOption = None,
@@ -151,28 +206,56 @@ def compare(
     workers: WorkersOption = 1,
     address: AddressOption = None,
     out: OutOption = None,
+    resume: ResumeOption = False,
 ) -> None:
-    """Compute several relatedness methods on the same tasks, score them against
-    leave-one-task-out retraining (and the known structure of synthetic data), and
-    write an HTML report."""
-    from taskrel.compare import check_methods
+    """Compute several relatedness methods on the same tasks, score them against a
+    ground truth by retraining (and the known structure of synthetic data), and write
+    an HTML report."""
+    from taskrel.compare import GROUND_TRUTHS, check_methods
     from taskrel.compare import compare as run
-    from taskrel.report import write_comparison
+    from taskrel.errors import ConfigError
+    from taskrel.report import REPORT_FILE, write_comparison
 
+    if ground_truth not in GROUND_TRUTHS:
+        raise ConfigError(
+            f"--ground-truth must be one of {', '.join(GROUND_TRUTHS)}, got {ground_truth!r}"
+        )
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    names += [] if GROUND_TRUTHS[ground_truth] in names else [GROUND_TRUTHS[ground_truth]]
     opts = method_options(option)
     check_methods(names, opts)
     run_dir, taskset, ctx = prepare(
-        "compare", config, data, seed, set_, out, executor, workers, address
+        "compare",
+        config,
+        data,
+        seed,
+        set_,
+        out,
+        executor,
+        workers,
+        address,
+        resume=resume,
+        result=REPORT_FILE,
     )
     start = time.perf_counter()
     try:
-        comparison = run(taskset, names, ctx, opts, log=console.print)
+        comparison = run(
+            taskset,
+            names,
+            ctx,
+            opts,
+            ground_truth=ground_truth,
+            log=say,
+            repeats=repeats,
+            seed=ctx.train_config.seed,
+        )
     finally:
         shutdown(ctx)
     report = write_comparison(comparison, run_dir)
-    console.print(comparison.to_markdown())
-    console.print(f"report: {report}  ({time.perf_counter() - start:.1f} s)")
+    print_markdown(comparison.to_markdown())
+    say(f"report: {report}  ({time.perf_counter() - start:.1f} s)")
 
 
 @app.command()
@@ -183,12 +266,35 @@ def report(
     from taskrel.compare import Comparison
     from taskrel.report import write_report
 
-    console.print(f"report: {write_report(Comparison.load(run_dir), run_dir)}")
+    say(f"report: {write_report(Comparison.load(run_dir), run_dir)}")
 
 
 @app.command()
 def group(
-    groups: Annotated[int, typer.Option("--groups", help="number of groups")] = 2,
+    groups: Annotated[
+        int | None,
+        typer.Option(
+            "--groups",
+            help="number of groups (default: 2 with a relatedness matrix; with --predictor "
+            "the search also chooses the number, see --penalty)",
+        ),
+    ] = None,
+    predictor: Annotated[
+        str | None,
+        typer.Option(
+            help="choose groups by the predicted loss of each task in its group (e.g. "
+            "mtif-newton, grad-tag, tag, retrain) instead of a relatedness matrix",
+        ),
+    ] = None,
+    penalty: Annotated[
+        float, typer.Option(help="with --predictor and no --groups: cost of each extra group")
+    ] = 0.0,
+    repeats: Annotated[
+        int, typer.Option(help="with --predictor --evaluate: training seeds per setting")
+    ] = 3,
+    random: Annotated[
+        int, typer.Option(help="with --predictor --evaluate: random partitions, same sizes")
+    ] = 20,
     relatedness: Annotated[
         Path | None, typer.Option(help="a saved relatedness JSON (default: compute --method)")
     ] = None,
@@ -206,47 +312,185 @@ def group(
     workers: WorkersOption = 1,
     address: AddressOption = None,
     out: OutOption = None,
+    resume: ResumeOption = False,
 ) -> None:
-    """Propose groups of tasks to train together (maximising within-group relatedness)
-    and check the proposal by training."""
+    """Propose groups of tasks to train together (maximising within-group relatedness, or
+    with --predictor minimising the predicted loss of every task in its group) and check
+    the proposal by training."""
     from taskrel.errors import ConfigError
-    from taskrel.grouping import SETTINGS, evaluate_grouping, propose_groups
     from taskrel.relatedness import Relatedness
     from taskrel.relatedness import relate as compute
     from taskrel.runs import write_json
 
     run_dir, taskset, ctx = prepare(
-        "group", config, data, seed, set_, out, executor, workers, address
+        "group",
+        config,
+        data,
+        seed,
+        set_,
+        out,
+        executor,
+        workers,
+        address,
+        resume=resume,
+        result="grouping.json",
     )
     try:
-        if relatedness is not None:
-            rel = Relatedness.load(relatedness)
-            if rel.task_names != taskset.names:
-                raise ConfigError(
-                    f"{relatedness}: its tasks {rel.task_names} are not those "
-                    f"of the data {taskset.names}"
-                )
-        else:
-            rel = compute(taskset, method, ctx)
-        proposal = propose_groups(rel, groups)
-        doc: dict[str, Any] = {
-            "source": str(relatedness or rel.method),
-            "n_groups": groups,
-            "groups": proposal.named(),
-            "score": proposal.score,
-            "search": proposal.search,
-        }
-        console.print(
-            f"groups ({proposal.search} search, score {proposal.score:.4g}): "
-            + " | ".join(", ".join(g) for g in proposal.named())
-        )
-        if evaluate:
-            result = evaluate_grouping(taskset, proposal, ctx)
-            doc["metric"], doc["metrics"] = result.metric, result.metrics
-            console.print(
-                metrics_table(f"test {result.metric} per task", result.table(), list(SETTINGS))
+        if predictor is not None:
+            doc = predicted_grouping(
+                taskset, ctx, predictor, groups, penalty, evaluate, repeats, random
             )
+        else:
+            if relatedness is not None:
+                rel = Relatedness.load(relatedness)
+                if rel.task_names != taskset.names:
+                    raise ConfigError(
+                        f"{relatedness}: its tasks {rel.task_names} are not those "
+                        f"of the data {taskset.names}"
+                    )
+            else:
+                rel = compute(taskset, method, ctx)
+            source = str(relatedness or rel.method)
+            doc = matrix_grouping(taskset, ctx, rel, source, groups or 2, evaluate)
     finally:
         shutdown(ctx)
     write_json(run_dir / "grouping.json", doc, overwrite=True)
-    console.print(f"run folder: {run_dir}")
+    say(f"run folder: {run_dir}")
+
+
+def matrix_grouping(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    rel: Any,
+    source: str,
+    groups: int,
+    evaluate: bool,
+) -> dict[str, Any]:
+    """``group`` from a relatedness matrix: print and return the proposal (and its
+    evaluation by training)."""
+    from taskrel.grouping import SETTINGS, evaluate_grouping, propose_groups
+
+    proposal = propose_groups(rel, groups)
+    doc: dict[str, Any] = {
+        "source": source,
+        "n_groups": groups,
+        "groups": proposal.named(),
+        "score": proposal.score,
+        "search": proposal.search,
+    }
+    typer.echo(
+        f"groups ({proposal.search} search, score {proposal.score:.4g}): "
+        + " | ".join(", ".join(g) for g in proposal.named())
+        + "\n"
+    )
+    if evaluate:
+        result = evaluate_grouping(taskset, proposal, ctx)
+        doc["metric"], doc["metrics"] = result.metric, result.metrics
+        print_table(f"test {result.metric} per task", result.table(), list(SETTINGS))
+    return doc
+
+
+GAINS = (
+    ("gain_vs_all_in_one", "all-in-one"),
+    ("gain_vs_median_random", "the median random partition"),
+    ("gain_vs_single_task", "single-task"),
+)
+"""Gains printed by ``group --predictor --evaluate`` (test loss, positive = the chosen
+groups are better)."""
+
+
+def predicted_grouping(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    predictor: str,
+    groups: int | None,
+    penalty: float,
+    evaluate: bool,
+    repeats: int,
+    n_random: int,
+) -> dict[str, Any]:
+    """``group --predictor``: choose groups on the validation split with the predictor,
+    print them with each task's predicted loss, and with ``evaluate`` train the choice,
+    all tasks in one model, one model per task and random partitions of the same sizes
+    (``repeats`` seeds each) and print the actual test outcomes."""
+    import numpy as np
+
+    from taskrel.decisions.evaluate import evaluate_decisions, selection_view
+    from taskrel.decisions.predictors import make_predictor
+    from taskrel.decisions.search import choose_groups
+    from taskrel.errors import ConfigError
+
+    if repeats < 1 or n_random < 0:
+        raise ConfigError(f"--repeats must be >= 1 and --random >= 0, got {repeats} and {n_random}")
+    ctx = ctx.pinned(taskset)  # "auto" regularisation chosen once on the validation split
+    fitted = make_predictor(predictor).fit(selection_view(taskset), ctx)
+    chosen = choose_groups(fitted, taskset.names, groups, penalty)
+    assert chosen.predicted is not None
+    labels = chosen.labels()
+    typer.echo(
+        f"groups ({chosen.search} search on {predictor}; total predicted {chosen.score:.4g}, "
+        "lower is better): " + " | ".join(", ".join(g) for g in chosen.named()) + "\n"
+    )
+    doc: dict[str, Any] = {
+        "predictor": predictor,
+        "units": fitted.units,
+        "n_groups": groups,
+        "penalty": penalty,
+        "groups": chosen.named(),
+        "score": chosen.score,
+        "search": chosen.search,
+        "predicted": dict(zip(taskset.names, chosen.predicted.tolist(), strict=True)),
+    }
+    order = sorted(range(len(taskset)), key=lambda i: (labels[i], i))
+    keys = {i: f"group {labels[i] + 1}: {taskset.names[i]}" for i in order}
+    rows = {keys[i]: {"predicted": float(chosen.predicted[i])} for i in order}
+    if not evaluate:
+        print_table(f"{fitted.units} (validation split)", rows, ["predicted"])
+        return doc
+    report = evaluate_decisions(
+        [taskset] * repeats,
+        ctx,
+        [predictor],
+        n_groups=groups,
+        penalty=penalty,
+        n_random=n_random,
+        oracle=False,
+    )
+    test = np.mean([r.decisions[predictor].test_loss for r in report.repeats], axis=0)
+    for i in order:
+        rows[keys[i]]["actual"] = float(test[i])
+        rows[keys[i]]["all-in-one"] = float(np.mean([r.all_in_one[i] for r in report.repeats]))
+        rows[keys[i]]["single-task"] = float(np.mean([r.single_task[i] for r in report.repeats]))
+    columns = ["predicted", "actual", "all-in-one", "single-task"]
+    title = f"loss per task (predicted: validation split; actual: test, mean of {repeats} seeds)"
+    print_table(title, rows, columns)
+    losses = report.mean_losses()
+    summary = report.summary()[predictor]
+    settings = {
+        "chosen groups": predictor,
+        "all-in-one": "all-in-one",
+        "single-task": "single-task",
+        f"median of {n_random} random (same sizes)": f"random ({predictor} sizes)",
+    }
+    table = {
+        label: {
+            "mean test loss": float(losses[key].mean()),
+            "std": float(np.std(losses[key], ddof=1)) if repeats > 1 else 0.0,
+        }
+        for label, key in settings.items()
+        if n_random or "random" not in label
+    }
+    title = f"test loss, mean over tasks ({repeats} seeds, ± sample std)"
+    print_table(title, table, ["mean test loss", "std"])
+    for key, label in GAINS:
+        if key in summary and (n_random or "random" not in key):
+            g = summary[key]
+            ci = f"95% CI {g['ci_low']:.4g} to {g['ci_high']:.4g}"
+            typer.echo(f"gain over {label}: {g['mean']:.4g} ({ci})")
+    doc["evaluation"] = {
+        "repeats": repeats,
+        "per_task": {taskset.names[i]: rows[keys[i]] for i in order},
+        "mean_test_loss": {k: v.tolist() for k, v in losses.items()},
+        "summary": summary,
+    }
+    return doc

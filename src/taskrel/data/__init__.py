@@ -8,12 +8,17 @@ own data (see :mod:`taskrel.data.tabular` and :mod:`taskrel.data.slu`).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from taskrel.data.taskset import PAD_TAG, Task, TaskKind, TaskSet
 from taskrel.errors import DataError
+from taskrel.validation import check_options
+
+FILE_SUFFIXES = (".csv", ".npz", ".parquet")
+SUPPORTED = ".csv, .npz or .parquet file, or an SLU folder (train/, dev/, test/)"
 
 
 @dataclass(frozen=True)
@@ -96,33 +101,64 @@ def _resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
-def load(name: str | Path, **options: Any) -> TaskSet:
+def load(name: str | os.PathLike[str], **options: Any) -> TaskSet:
     """Load a built-in dataset by name, or the user's own file/folder by path.
 
     Args:
         name: a key of :data:`DATASETS`, or a path to a ``.csv``, ``.npz`` or ``.parquet``
             file (tabular loader) or a folder in the seq.in/seq.out/label format (SLU).
-        **options: passed to the loader (e.g. ``train=0.1, seed=3``).
+        **options: passed to the loader (e.g. ``train=0.1, seed=3``); names and value
+            types are checked against the loader's signature first.
 
     Raises:
-        DataError: unknown name, missing file, or malformed data.
+        DataError: unknown name, missing or unsupported file, or malformed data.
+        ConfigError: an option the loader does not take (the accepted ones are listed)
+            or a value of the wrong type.
     """
-    key = str(name)
+    if not isinstance(name, str | os.PathLike):
+        raise DataError(
+            f"load: name must be a dataset name or a path, got {type(name).__name__} {name!r}"
+        )
+    key = os.fspath(name)
     if key in DATASETS:
         info = DATASETS[key]
-        return _resolve(info.loader)(**{**dict(info.options), **options})
+        fn = _resolve(info.loader)
+        check_options(f"load({key!r})", fn, options, skip=dict(info.options))
+        return fn(**{**dict(info.options), **options})
     path = Path(key)
-    if path.suffix.lower() in (".csv", ".npz", ".parquet"):
-        return _resolve("taskrel.data.tabular:load_table")(path, **options)
-    if path.is_dir():
-        return _resolve("taskrel.data.slu:load_slu_folder")(path, **options)
-    if path.suffix or path.exists() or "/" in key:
+    if path.suffix.lower() in FILE_SUFFIXES:
+        fn = _resolve("taskrel.data.tabular:load_table")
+    elif path.is_dir():
+        fn = _resolve("taskrel.data.slu:load_slu_folder")
+    elif path.exists():
         raise DataError(
-            f"{key}: no such dataset file (expected a .csv, .npz or .parquet file or an SLU folder)"
+            f"{key}: unsupported file type {path.suffix or '(no extension)'!r}; "
+            f"expected a {SUPPORTED}"
         )
+    elif path.suffix or "/" in key or os.sep in key:
+        raise DataError(f"{key}: no such file (expected a {SUPPORTED})")
+    else:
+        raise DataError(
+            f"unknown dataset {key!r}; built-in datasets: {', '.join(DATASETS)} "
+            "(or give a path to a .csv/.npz/.parquet file)"
+        )
+    check_options(f"load({key!r})", fn, options, skip=("path",))
+    return fn(path, **options)
+
+
+def as_taskset(value: Any, argument: str = "taskset") -> TaskSet:
+    """``value`` if it is a :class:`TaskSet`; a dataset name or path is loaded with
+    :func:`load` (default options).
+
+    Raises:
+        DataError: anything else (the message names ``argument`` and the type given)."""
+    if isinstance(value, TaskSet):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return load(value)
     raise DataError(
-        f"unknown dataset {key!r}; built-in datasets: {', '.join(DATASETS)} "
-        "(or give a path to a .csv/.npz/.parquet file)"
+        f"{argument} must be a TaskSet (see taskrel.load) or a dataset name or path, "
+        f"got {type(value).__name__}"
     )
 
 
@@ -134,5 +170,6 @@ __all__ = [
     "Task",
     "TaskKind",
     "TaskSet",
+    "as_taskset",
     "load",
 ]

@@ -28,9 +28,12 @@ Encoding
   one class when it occurs in training. A dev/test utterance whose intent never occurs in
   training (an unseen single label, or an unseen ``#``-joined combination) gets the
   ``UNK`` id, and so does a dev/test slot tag absent from training. No training example
-  has ``UNK``, so a model never predicts it and these examples count as errors in intent
-  accuracy, slot F1 and sentence accuracy: the common published convention.
-  ``meta['unseen_*']`` counts them. Slot targets are int64 ``(n, L)`` padded with
+  has ``UNK``; the SLU models mask it at prediction (:func:`unseen_class`), so it is never
+  predicted and these examples count as errors in intent accuracy, slot F1 and sentence
+  accuracy: the common published convention. ``meta['unseen_*']`` counts them, and
+  ``meta['original_tags']`` maps each dev/test row holding an unseen slot tag to its
+  original (truncated) tag strings, so that span F1 scores the real spans
+  (:func:`gold_tag_names`). Slot targets are int64 ``(n, L)`` padded with
   ``PAD_TAG = -100``.
 
 Facts on the bundled copies (all splits): ATIS 4478/500/893 utterances, 21 training intents
@@ -50,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from taskrel.data.files import bundled
-from taskrel.data.taskset import PAD_TAG, Task, TaskSet
+from taskrel.data.taskset import PAD_TAG, SplitName, Task, TaskSet
 from taskrel.errors import DataError
 
 if TYPE_CHECKING:
@@ -128,8 +131,10 @@ def load_slu_folder(
         and ``slots`` (sequence_labeling; the same ``x``, ``y`` int64 ``(n, L)`` tag ids
         padded with -100). ``meta`` holds ``vocab``, ``tokens``, ``intents``, ``slot_tags``
         (both ending with ``UNK``), ``max_len``, ``source_lines`` (split -> 1-based lines of
-        its rows), and the counts ``unseen_{val,test}_{intents,tags}``, ``oov_{val,test}_tokens``,
-        ``truncated``, with the unseen label names in ``unseen_labels``.
+        its rows), ``original_tags`` (row -> tag strings of the rows with an unseen slot
+        tag), and the counts ``unseen_{val,test}_{intents,tags}``,
+        ``oov_{val,test}_tokens``, ``truncated``, with the unseen label names in
+        ``unseen_labels``.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -161,6 +166,7 @@ def _load(
         "max_len": length,
         "truncated": sum(n > length for n in lengths),
         "source_lines": {k: s.lines for k, s in splits.items()},
+        "original_tags": _original_tags(list(splits.values()), tags, length),
         **_unseen_counts(splits, vocab, intents, tags),
     }
     tasks = _tasks(list(splits.values()), tokens, intents, tags, length)
@@ -300,6 +306,16 @@ def _encode_tags(sequences: list[list[str]], tags: list[str], length: int) -> np
     return y
 
 
+def _original_tags(
+    splits: Sequence[_Split], tags: list[str], length: int
+) -> dict[int, tuple[str, ...]]:
+    """Row -> its tag strings (truncated to ``length``), for every row (train, val, test
+    in order) with a tag outside the training tags ``tags[:-1]``."""
+    known = set(tags[:-1])
+    rows = (tuple(seq[:length]) for s in splits for seq in s.tags)
+    return {r: seq for r, seq in enumerate(rows) if not known.issuperset(seq)}
+
+
 def _unseen_counts(
     splits: dict[str, _Split], vocab: list[str], intents: list[str], tags: list[str]
 ) -> dict[str, Any]:
@@ -319,3 +335,32 @@ def _unseen_counts(
             "slot_tags": sorted(set(new_tags)),
         }
     return counts
+
+
+# -- scoring ------------------------------------------------------------------------------
+def unseen_class(labels: Sequence[str] | None) -> int | None:
+    """Id of the ``UNK`` class, which stands for dev/test labels unseen in training (the
+    last label, as the SLU loaders build label sets); None when ``labels`` has none.
+    Models mask it at prediction, so no prediction of it is ever counted correct."""
+    return len(labels) - 1 if labels and labels[-1] == UNK else None
+
+
+def gold_tag_names(taskset: TaskSet, task: int, split: SplitName) -> list[list[str]]:
+    """Gold tag strings of the real tokens of each row of ``split`` of a sequence-labelling
+    task, for span scoring: ``labels[y]``, except in a row with an unseen tag (the ``UNK``
+    id), which gets its original strings from ``meta['original_tags']``, so seqeval sees
+    the real spans. An unseen tag whose string is not recorded (a task set rebuilt without
+    its meta) is named ``B-UNK``: a one-token span of a type no model predicts."""
+    t = taskset.tasks[task]
+    labels = t.labels or tuple(str(i) for i in range(t.n_outputs))
+    unk = unseen_class(labels)
+    original: dict[int, tuple[str, ...]] = taskset.meta.get("original_tags", {})
+    names = []
+    for row in t.indices(split):
+        ids = t.y[row][t.y[row] != PAD_TAG]
+        recorded = original.get(int(row)) if unk is not None and unk in ids else None
+        if recorded is not None and len(recorded) == len(ids):
+            names.append(list(recorded))
+        else:
+            names.append([f"B-{UNK}" if i == unk else labels[i] for i in ids.tolist()])
+    return names

@@ -3,7 +3,9 @@
 Formats
 -------
 - ``.csv``: a header row with the column names, then one data row per example (UTF-8,
-  comma-separated, standard quoting; blank lines are skipped).
+  comma-separated unless ``delimiter`` says otherwise, standard quoting; blank lines are
+  skipped). A file whose header only splits on another delimiter (``;``, tab, ``|``) is
+  refused with the option to pass.
 - ``.npz``: arrays ``x`` ``(n, d)`` numeric, ``y`` ``(n,)`` and ``task`` ``(n,)``. Their roles
   are fixed: ``task`` is the task column, ``y`` the target column and the columns of ``x``
   are the features ``x[0]``, ``x[1]``, ... (``task_column``/``target_column`` are ignored).
@@ -36,6 +38,7 @@ import numpy as np
 
 from taskrel.data.taskset import Task, TaskSet
 from taskrel.errors import DataError
+from taskrel.notices import notice
 
 SUFFIXES = (".csv", ".npz", ".parquet")
 MAX_INFERRED_CLASSES = 20
@@ -55,6 +58,7 @@ def load_table(
     train: float | int = 0.5,
     val: float | int = 0.0,
     seed: int = 0,
+    delimiter: str = ",",
 ) -> TaskSet:
     """Load a multi-task data set from a ``.csv``, ``.npz`` or ``.parquet`` file.
 
@@ -71,6 +75,7 @@ def load_table(
         train, val: split sizes per task (fractions or counts); the rest is the test split.
             Splits are stratified by class for classification.
         seed: seed of the split.
+        delimiter: the CSV field separator (one character).
 
     Returns:
         A :class:`TaskSet` named after the file stem; ``x`` float32 ``(n_t, d)``, ``y`` int64
@@ -85,10 +90,11 @@ def load_table(
             and the column, row or task.
     """
     path = Path(path)
-    columns, task_column, target_column = _read(path, task_column, target_column)
+    columns, task_column, target_column = _read(path, task_column, target_column, delimiter)
     table = _Table(path, columns)
     features = _feature_names(table, task_column, target_column, feature_columns)
     x = np.column_stack([table.numbers(name) for name in features]).astype(np.float32)
+    _check_magnitude(path, x, features)
     task_of_row = table.task_names(task_column)
     kind = _check_kind(kind, classes) or _infer_kind(table.column(target_column))
     if kind == "classification":
@@ -169,7 +175,7 @@ class _Table:
 
 # -- reading ------------------------------------------------------------------------------
 def _read(
-    path: Path, task_column: str, target_column: str
+    path: Path, task_column: str, target_column: str, delimiter: str = ","
 ) -> tuple[dict[str, np.ndarray], str, str]:
     """The file's columns, and the task and target column names (fixed for ``.npz``)."""
     suffix = path.suffix.lower()
@@ -181,14 +187,16 @@ def _read(
         raise DataError(f"{path}: the file is empty (expected a header and data rows)")
     if suffix == ".npz":
         return _read_npz(path), "task", "y"
-    columns = _read_csv(path) if suffix == ".csv" else _read_parquet(path)
+    columns = _read_csv(path, delimiter) if suffix == ".csv" else _read_parquet(path)
     return columns, task_column, target_column
 
 
-def _read_csv(path: Path) -> dict[str, np.ndarray]:
+def _read_csv(path: Path, delimiter: str = ",") -> dict[str, np.ndarray]:
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
+        raise DataError(f"{path}: delimiter must be one character, got {delimiter!r}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            records = [row for row in csv.reader(f) if not _blank(row)]
+            records = [row for row in csv.reader(f, delimiter=delimiter) if not _blank(row)]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except csv.Error as e:
@@ -196,6 +204,8 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     if not records:
         raise DataError(f"{path}: the file is empty (expected a header and data rows)")
     header = [name.strip() for name in records[0]]
+    if len(header) == 1:
+        _suggest_delimiter(path, header[0], delimiter)
     _check_header(path, header)
     body = records[1:]
     if not body:
@@ -207,6 +217,34 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
             )
     cells = np.array([[cell.strip() for cell in row] for row in body], dtype=object)
     return {name: cells[:, j] for j, name in enumerate(header)}
+
+
+OTHER_DELIMITERS = (";", "\t", "|", ",")
+HUGE_FEATURE = 1e9  # larger features risk float32 overflow in training unless standardised
+
+
+def _suggest_delimiter(path: Path, header: str, delimiter: str) -> None:
+    """Refuse a one-column header that another common delimiter would split."""
+    for other in OTHER_DELIMITERS:
+        if other != delimiter and other in header:
+            raise DataError(
+                f"{path}: the header is one column {header!r}; the file looks "
+                f"{other!r}-delimited: pass delimiter={other!r} "
+                f"(command line: --set data.options.delimiter='{other}')"
+            )
+
+
+def _check_magnitude(path: Path, x: np.ndarray, features: Sequence[str]) -> None:
+    """A notice when a feature's magnitude exceeds :data:`HUGE_FEATURE`."""
+    peak = np.abs(x).max(axis=0) if x.size else np.zeros(0)
+    huge = [(name, float(v)) for name, v in zip(features, peak, strict=True) if v > HUGE_FEATURE]
+    if huge:
+        name, value = max(huge, key=lambda item: item[1])
+        notice(
+            f"{path}: feature {name!r} reaches {value:.3g} in magnitude; float32 training "
+            "overflows on such values: standardise the task set (TaskSet.standardize()) "
+            "or rescale the column"
+        )
 
 
 def _blank(row: list[str]) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from taskrel.errors import DataError
+from taskrel.notices import notice
 
 TaskKind = Literal["classification", "regression", "sequence_labeling"]
 TASK_KINDS: tuple[str, ...] = ("classification", "regression", "sequence_labeling")
@@ -131,6 +132,15 @@ class TaskSet:
     # -- access -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def __repr__(self) -> str:
+        """One line: name, number of tasks (the first few named) and split sizes."""
+        shown = ", ".join(self.names[:4]) + (", ..." if len(self) > 4 else "")
+        n = {s: sum(v[s] for v in self.sizes().values()) for s in ("train", "val", "test")}
+        return (
+            f"TaskSet({self.name!r}, {len(self)} tasks [{shown}], "
+            f"train/val/test examples {n['train']}/{n['val']}/{n['test']})"
+        )
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
@@ -243,18 +253,34 @@ class TaskSet:
         """Re-split every task, deterministically given ``seed``.
 
         Args:
-            train, val, test: a fraction in (0, 1) of each task's examples, or a count
+            train, val, test: a fraction in (0, 1] of each task's examples, or a count
                 (int >= 1). ``test=None`` puts every remaining example in the test split.
             seed: random seed; the same seed gives the same split on every machine.
             stratify: keep class proportions in classification tasks where possible.
-            min_train: each task gets at least this many training examples.
+            min_train: each task gets at least this many training examples (a fraction
+                that rounds to fewer is raised to it, with a notice).
+
+        Raises:
+            DataError: ``train`` is 0, a size is negative or a fraction above 1, or the
+                sizes ask for more examples than a task has (the message says which
+                option to lower).
+
+        A training split with a single class, or a constant regression target, gives a
+        notice (the model cannot learn anything from it).
         """
-        tasks = []
+        if isinstance(train, int | float | np.number) and not isinstance(train, bool) and not train:
+            raise DataError(
+                f"train={train!r}: every task needs training examples; give a fraction in "
+                f"(0, 1] or a count >= {min_train}"
+            )
+        tasks, raised = [], []
         for i, task in enumerate(self.tasks):
             rng = np.random.default_rng([seed, i])
             n = task.n_examples
             n_train = _count(train, n, "train", task.name)
             n_val = _count(val, n, "val", task.name) if val else 0
+            if n_train < min(min_train, n - 1):
+                raised.append(task.name)
             n_train = max(n_train, min(min_train, n - 1))
             if n_train < min_train:
                 raise DataError(
@@ -263,8 +289,14 @@ class TaskSet:
             rest = n - n_train - n_val
             n_test = rest if test is None else _count(test, n, "test", task.name)
             if n_test > rest or rest < 0:
+                asked = f"train={train!r}, val={val!r}" + (
+                    "" if test is None else f", test={test!r}"
+                )
                 raise DataError(
-                    f"task {task.name!r}: split {n_train}/{n_val}/{n_test} exceeds {n} examples"
+                    f"task {task.name!r}: {asked} ask for {n_train} + {n_val} + "
+                    f"{max(n_test, 0)} "
+                    f"examples but it has {n}; lower them so that they add up to at most "
+                    f"{n} (fractions: at most 1 in total), e.g. train={_suggest(train, val, n)}"
                 )
             order = _stratified_order(task, rng) if stratify else rng.permutation(n)
             tasks.append(
@@ -275,6 +307,12 @@ class TaskSet:
                     test_idx=np.sort(order[n_train + n_val : n_train + n_val + n_test]),
                 )
             )
+        if raised:
+            notice(
+                f"train={train!r} gives fewer than {min_train} training examples to "
+                f"{_some(raised)}; each gets {min_train} (the minimum)"
+            )
+        _check_training_targets(tasks)
         return self.with_tasks(tasks)
 
     def standardize(self, scope: Literal["task", "pooled"] = "task") -> TaskSet:
@@ -282,10 +320,17 @@ class TaskSet:
 
         ``scope='task'`` fits one scaler per task; ``'pooled'`` one over all tasks' training
         rows. Integer (token) inputs are left unchanged. Constant features keep std 1.
+        Moments are computed in float64, so huge values (e.g. 1e30) do not overflow.
+
+        Raises:
+            DataError: a feature is NaN or infinite (before or after standardising).
         """
         float_tasks = [t for t in self.tasks if np.issubdtype(t.x.dtype, np.floating)]
         if not float_tasks:
             return self
+        for task in float_tasks:
+            flat = task.x.reshape(task.n_examples, -1)
+            _check_finite(task.name, flat, np.arange(len(flat)), "")
         pooled = None
         if scope == "pooled":
             stacked = np.concatenate(
@@ -301,8 +346,9 @@ class TaskSet:
                 continue
             flat = task.x.reshape(task.n_examples, -1)
             mean, std = pooled or _moments(flat[task.train_idx])
-            x = ((flat - mean) / std).astype(np.float32).reshape(task.x.shape)
-            tasks.append(replace(task, x=x))
+            z = (flat.astype(np.float64) - mean) / std
+            _check_finite(task.name, z, np.arange(len(z)), " after standardising")
+            tasks.append(replace(task, x=z.astype(np.float32).reshape(task.x.shape)))
         return self.with_tasks(tasks)
 
     def describe(self) -> str:
@@ -317,12 +363,18 @@ class TaskSet:
 
 
 def _count(value: float | int, n: int, what: str, task: str) -> int:
-    if isinstance(value, bool) or value < 0:
-        raise DataError(f"task {task!r}: {what} size must be a fraction or count >= 0")
-    if isinstance(value, float):
+    number = isinstance(value, int | float | np.integer | np.floating)
+    if isinstance(value, bool) or not number or not value >= 0:
+        raise DataError(
+            f"{what}={value!r} (task {task!r}): expected a fraction in [0, 1] or a count >= 0"
+        )
+    if isinstance(value, float | np.floating):
         if value > 1.0:
-            raise DataError(f"task {task!r}: {what} fraction must be <= 1, got {value}")
-        return int(round(value * n))
+            raise DataError(
+                f"{what}={value!r} (task {task!r}): a fraction must be <= 1; "
+                f"give a count (int) or a fraction"
+            )
+        return int(round(float(value) * n))
     return int(value)
 
 
@@ -341,7 +393,71 @@ def _stratified_order(task: Task, rng: np.random.Generator) -> np.ndarray:
 
 
 def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = a.astype(np.float64)
     mean = a.mean(axis=0)
     std = a.std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)
     return mean, std
+
+
+def _suggest(train: float | int, val: float | int, n: int) -> str:
+    """A ``train`` value (of the same kind) that leaves room for ``val`` and a test split."""
+    if isinstance(train, float):
+        share = val if isinstance(val, float) else val / n
+        return f"{max(round(0.9 - share, 2), 0.05):g}"
+    used = round(val * n) if isinstance(val, float) else int(val)
+    return str(max(n - used - max(1, n // 10), 1))
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """``"task 'a'"``, or ``"3 tasks ('a', 'b', 'c')"`` (at most ``shown`` named)."""
+    if len(names) == 1:
+        return f"task {names[0]!r}"
+    listed = ", ".join(repr(n) for n in names[:shown]) + (", ..." if len(names) > shown else "")
+    return f"{len(names)} tasks ({listed})"
+
+
+def _check_training_targets(tasks: Sequence[Task]) -> None:
+    """One notice for the training splits that cannot teach anything: a single class
+    (classification), and one for a constant target (regression)."""
+    one_class, constant = [], []
+    for task in tasks:
+        y = task.y[task.train_idx]
+        if len(y) < 2 or task.kind == "sequence_labeling":
+            continue
+        if task.kind == "classification" and np.unique(y).size == 1:
+            one_class.append(task.name)
+        elif task.kind == "regression" and np.ptp(y) == 0:
+            constant.append(task.name)
+    if one_class:
+        notice(
+            f"the training split of {_some(one_class)} holds a single class; the model "
+            "can only learn to predict that class there"
+        )
+    if constant:
+        notice(
+            f"the training target of {_some(constant)} is constant; the model can only "
+            "learn to predict that value there"
+        )
+
+
+def check_features(taskset: TaskSet, split: SplitName = "train") -> None:
+    """Refuse non-finite float features in ``split`` (before training on them).
+
+    Raises:
+        DataError: names the task, row and feature of the first NaN or infinite value."""
+    for task in taskset.tasks:
+        if np.issubdtype(task.x.dtype, np.floating):
+            idx = task.indices(split)
+            _check_finite(task.name, task.x[idx].reshape(len(idx), -1), idx, "")
+
+
+def _check_finite(task: str, values: np.ndarray, rows: np.ndarray, when: str) -> None:
+    """DataError at the first non-finite entry of ``values`` ``(n, d)`` (row ids ``rows``)."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        raise DataError(
+            f"task {task!r}: feature {col} of row {int(rows[row])} is "
+            f"{float(values[row, col])!r}{when}; features must be finite numbers"
+        )

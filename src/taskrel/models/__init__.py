@@ -11,17 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, format_validation_error
 from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec, per_example_loss
-
-MODELS: dict[str, str] = {
-    "stl": "taskrel.models.sharing:SingleTask",
-    "hard": "taskrel.models.sharing:HardSharing",
-    "soft": "taskrel.models.sharing:SoftSharing",
-    "vmtl": "taskrel.models.vmtl:VMTL",
-    "feedback": "taskrel.models.feedback:FeedbackMTL",
-    "slu": "taskrel.models.slu:JointSLU",
-}
+from taskrel.registry import MODELS
 
 
 def model_class(name: str) -> type[MTLModel]:
@@ -44,11 +36,8 @@ def build_model(
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"model {name!r}: invalid config: {_one_line(err)}") from err
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+        detail = format_validation_error(err, accepted=cls.Config.model_fields)
+        raise ConfigError(f"model {name!r}: invalid config: {detail}") from None
 
 
 __all__ = [

@@ -93,6 +93,14 @@ class MTLModel(nn.Module):
 
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     name: ClassVar[str] = "base"
+    auto_fields: ClassVar[dict[str, Any]] = {}
+    """Config fields that accept ``"auto"``, in tuning order, each with the value it takes
+    in a model that is not convex. A convex model's auto fields are chosen on validation
+    data by :func:`taskrel.training.regularization.resolve_regularization`; a non-convex
+    one (an MLP) is regularised by validation-based early stopping and keeps these."""
+    auto_ties: ClassVar[dict[str, Any]] = {}
+    """Value an auto field takes while an earlier one is being tuned (e.g. ``l2_task:
+    None``, "follow l2")."""
 
     def __init__(self, tasks: Sequence[TaskSpec]) -> None:
         super().__init__()
@@ -130,6 +138,13 @@ class MTLModel(nn.Module):
         Default: :func:`per_example_loss` of the task's kind; models whose outputs are not
         plain logits of the loss (e.g. a CRF slot decoder) override it."""
         return per_example_loss(output, y, self.tasks[task].kind)
+
+    @property
+    def convex(self) -> bool:
+        """True when the training objective is convex in the parameters (e.g. a linear
+        model with an L2 penalty); the trainer's ``'auto'`` settings then minimise it
+        exactly (full-batch L-BFGS in float64). False by default."""
+        return False
 
     def penalty(self) -> Tensor:
         """Regularisation term of the objective (a scalar); zero by default."""

@@ -17,11 +17,14 @@ The model's output is iteration ``K``'s. Training minimises, per task ``t``,
     mean loss_t(y^K) + intermediate_weight * mean_{k<K} mean loss_t(y^k)
     + convergence_weight * mean convergence_loss(p_t^0..p_t^K)
 
-plus the body's penalty. Bodies: :class:`taskrel.models.slu.JointSLU` for SLU task sets
-(intent distribution -> every token of the slot tagger, token-averaged slot distribution ->
-intent classifier) and :class:`FeedbackMLPBody` (shared MLP encoder + one MLP head per
-task) for any flat-feature task set. :func:`feedback_relatedness` reads out how much each
-edge's feedback lowers its target's test loss.
+plus the body's penalty (``convergence``: our contraction hinge or the squared step sizes,
+:func:`convergence_loss`). Dropout masks are drawn once per unroll and shared by all its
+iterations, so with zero feedback every iteration equals iteration 0, in training too.
+Bodies: :class:`taskrel.models.slu.JointSLU` for SLU task sets (intent distribution ->
+every token of the slot tagger, token-averaged slot distribution -> intent classifier) and
+:class:`FeedbackMLPBody` (shared MLP encoder + one MLP head per task) for any flat-feature
+task set. :func:`feedback_relatedness` reads out how much each edge's feedback lowers its
+target's test loss.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -49,8 +53,10 @@ from taskrel.models.base import (
 )
 from taskrel.models.feedback_parts import (
     Amplifier,
+    Convergence,
     FeedbackBody,
     GumbelGate,
+    SharedDropout,
     convergence_loss,
     feedback_signal,
     output_distribution,
@@ -76,9 +82,18 @@ class FeedbackMLPConfig(ModelConfig):
     l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on all body parameters")
 
 
+@dataclass
+class MLPState:
+    """Shared features ``z`` ``(b, H)`` of one forward pass and its dropout masks."""
+
+    z: Tensor
+    dropout: SharedDropout
+
+
 class FeedbackMLPBody(nn.Module):
     """Shared MLP encoder ``z = phi(x)`` ``(b, H)``; head of task ``t``:
-    ``out = V_t act(W_t z + c_t) + e_t`` with a hidden layer of width ``head_hidden``.
+    ``out = V_t Dropout(act(W_t z + c_t)) + e_t`` with a hidden layer of width
+    ``head_hidden`` (the head's dropout masks are drawn once per forward pass).
 
     Infusion points: ``encoder`` (added to ``z`` for this task only) and ``decoder``
     (added to the head's pre-activation). Penalty ``(l2/2) ||theta||^2``."""
@@ -96,25 +111,25 @@ class FeedbackMLPBody(nn.Module):
             nn.Linear(config.head_hidden, t.n_outputs if t.kind != "regression" else 1)
             for t in tasks
         )
-        self.act = nn.Sequential(_ACTIVATIONS[config.activation](), nn.Dropout(config.dropout))
+        self.act = _ACTIVATIONS[config.activation]()
 
     def infusion_widths(self, task: int) -> dict[str, int]:
         return {"encoder": self.width, "decoder": self.config.head_hidden}
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> MLPState:
         """Shared features ``(b, H)`` of flat inputs ``(b, d)``."""
-        return self.encoder(x)
+        return MLPState(self.encoder(x), SharedDropout(self.config.dropout, self.training))
 
-    def decode(self, state: Tensor, task: int, additions: Mapping[str, Tensor]) -> Tensor:
+    def decode(self, state: MLPState, task: int, additions: Mapping[str, Tensor]) -> Tensor:
         """Logits ``(b, C)`` or regression predictions ``(b,)`` of ``task``."""
-        z = state + additions["encoder"] if "encoder" in additions else state
+        z = state.z + additions["encoder"] if "encoder" in additions else state.z
         pre = self.head_hidden[task](z)
         if "decoder" in additions:
             pre = pre + additions["decoder"]
-        out = self.head_out[task](self.act(pre))
+        out = self.head_out[task](state.dropout(f"head{task}", self.act(pre)))
         return out.squeeze(-1) if self.tasks[task].kind == "regression" else out
 
-    def output_mask(self, state: Tensor, task: int) -> Tensor | None:
+    def output_mask(self, state: MLPState, task: int) -> Tensor | None:
         return None
 
     def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
@@ -156,7 +171,14 @@ class FeedbackConfig(ModelConfig):
         1.0, ge=0.0, description="weight of the mean loss of iterations 0..K-1"
     )
     convergence_weight: float = Field(0.1, ge=0.0, description="weight of the convergence loss")
-    contraction: float = Field(0.5, ge=0.0, description="rho: each step must shrink by rho")
+    convergence: Convergence = Field(
+        "hinge",
+        description="'hinge': each step must shrink by 'contraction' (our formulation); "
+        "'squared': sum of squared differences of successive output distributions",
+    )
+    contraction: float = Field(
+        0.5, ge=0.0, description="rho of the hinge: each step must shrink by rho"
+    )
     slu: JointSLUConfig = Field(
         default_factory=JointSLUConfig, description="body options for SLU task sets"
     )
@@ -292,11 +314,8 @@ class FeedbackMTL(MTLModel):
                 if len(losses) > 1:
                     inter.append(torch.stack(losses[:-1]).mean())
                 dists = [output_distribution(o[b.task], kind) for o in outputs]
-                conv.append(
-                    convergence_loss(
-                        dists, cfg.contraction, self.body.output_mask(state, b.task)
-                    ).mean()
-                )
+                mask = self.body.output_mask(state, b.task)
+                conv.append(convergence_loss(dists, cfg.contraction, mask, cfg.convergence).mean())
         data = torch.stack(final).sum()
         aux = torch.stack(inter).sum() if inter else torch.zeros(())
         cl = torch.stack(conv).sum()

@@ -7,13 +7,15 @@
   averaged over tokens for sequence labelling);
 - :func:`output_distribution` and :func:`convergence_loss`: the trend penalty that makes
   the unrolled iterations settle;
+- :class:`SharedDropout`: dropout masks drawn once per forward pass and reused by every
+  iteration, so that iterations differ only through feedback;
 - :class:`FeedbackBody`: what a base model must offer to be made dynamic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +35,16 @@ class FeedbackBody(Protocol):
         ...
 
     def encode(self, x: Tensor) -> Any:
-        """The task-independent part of the forward pass (an opaque state)."""
+        """The task-independent part of the forward pass (an opaque state). Any dropout
+        of the pass draws its masks here or on first use, kept in the state
+        (:class:`SharedDropout`)."""
         ...
 
     def decode(self, state: Any, task: int, additions: Mapping[str, Tensor]) -> Tensor:
         """Outputs of ``task`` with ``additions[point]`` ``(b, width)`` added at each named
         infusion point (broadcast over tokens for token-level layers). ``additions={}`` is
-        the static base model."""
+        the static base model. Repeated calls on one state reuse its dropout masks, so
+        equal additions give equal outputs, in training too."""
         ...
 
     def output_mask(self, state: Any, task: int) -> Tensor | None:
@@ -84,6 +89,36 @@ class GumbelGate(nn.Module):
         return torch.softmax(self.logits.detach(), dim=0)
 
 
+class SharedDropout:
+    """Dropout with rate ``p`` whose masks are drawn once and then reused.
+
+    ``drop(name, h)`` multiplies ``h`` by the mask called ``name``: on its first use a
+    fresh inverted-dropout mask of ``h``'s shape (each entry ``0`` with probability ``p``,
+    else ``1 / (1 - p)``), afterwards the same mask. One instance lives for one forward
+    pass (one mask per example, token and unit at each named place), so every unrolled
+    iteration of that pass sees the same masks. Identity when not ``active`` (evaluation)
+    or when ``p == 0``."""
+
+    def __init__(self, p: float, active: bool) -> None:
+        self.p = p
+        self.active = active and p > 0
+        self.masks: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, h: Tensor) -> Tensor:
+        if not self.active:
+            return h
+        mask = self.masks.get(name)
+        if mask is None:
+            keep = torch.rand(h.shape, device=h.device) >= self.p
+            mask = keep.to(h.dtype) / (1.0 - self.p)
+            self.masks[name] = mask
+        elif mask.shape != h.shape:
+            raise ValueError(
+                f"dropout mask {name!r} has shape {tuple(mask.shape)}, not {tuple(h.shape)}"
+            )
+        return h * mask
+
+
 class Amplifier(nn.Sequential):
     """``Linear(in, hidden) -> tanh -> Linear(hidden, out)``: maps a feedback signal
     ``(b, in)`` to an additive feature ``(b, out)`` of the receiving layer's width."""
@@ -119,31 +154,41 @@ def feedback_signal(output: Tensor, kind: str, mask: Tensor | None) -> Tensor:
     return dist
 
 
+Convergence = Literal["hinge", "squared"]
+
+
 def convergence_loss(
-    outputs: Sequence[Tensor], contraction: float, mask: Tensor | None = None
+    outputs: Sequence[Tensor],
+    contraction: float,
+    mask: Tensor | None = None,
+    form: Convergence = "hinge",
 ) -> Tensor:
     """Penalty on iterations whose outputs fail to settle, per example ``(b,)``.
 
     ``outputs[k]`` is iteration ``k``'s output distribution, ``(b, C)`` or ``(b, L, C)``
     (then ``mask`` ``(b, L)`` selects real tokens). With the step size
-    ``d_k = || p_k - sg(p_{k-1}) ||^2`` (squared L2 over ``C``, mean over real tokens) and
-    ``rho = contraction``::
+    ``d_k = || p_k - sg(p_{k-1}) ||^2`` (squared L2 over ``C``, mean over real tokens),
+    ``sg`` the stop-gradient and ``rho = contraction``:
 
-        loss = sum_{k=2..K} relu(d_k - rho * sg(d_{k-1}))
+    - ``hinge`` (our formulation): ``sum_{k=2..K} relu(d_k - rho * sg(d_{k-1}))``: each
+      step must be shorter than ``rho`` times the previous one. Zero when ``K <= 1`` (no
+      trend), for constant outputs and for fast enough contraction; positive for
+      oscillation (``d_k = d_{k-1} > 0``).
+    - ``squared``: ``sum_{k=1..K} d_k``, the squared differences of successive output
+      distributions (``rho`` unused). Non-zero for ``K = 1`` too.
 
-    ``sg`` stops gradients: each iteration is pushed towards the previous one and must
-    move less than ``rho`` times the previous step. Zero when ``K <= 1`` (no trend), zero
-    for constant outputs, positive for oscillating ones (``d_k = d_{k-1} > 0``)."""
-    if len(outputs) < 3:
-        return outputs[0].new_zeros(outputs[0].shape[0])
+    Either way each iteration is pushed towards the previous one, never the reverse."""
     steps = []
     for prev, cur in zip(outputs[:-1], outputs[1:], strict=True):
         sq = (cur - prev.detach()).pow(2).sum(-1)
         if sq.dim() == 2:
             sq = masked_token_mean(sq, mask) if mask is not None else sq.mean(1)
         steps.append(sq)
-    terms = [
-        F.relu(d - contraction * d_prev.detach())
-        for d_prev, d in zip(steps[:-1], steps[1:], strict=True)
-    ]
-    return torch.stack(terms).sum(0)
+    if form == "hinge":
+        steps = [
+            F.relu(d - contraction * d_prev.detach())
+            for d_prev, d in zip(steps[:-1], steps[1:], strict=True)
+        ]
+    elif form != "squared":
+        raise ValueError(f"convergence loss form must be 'hinge' or 'squared', got {form!r}")
+    return torch.stack(steps).sum(0) if steps else outputs[0].new_zeros(outputs[0].shape[0])

@@ -10,23 +10,34 @@
   different tasks together.
 - :class:`SingleTask`: soft sharing with ``coupling = 0``: every task learns alone.
 
-All three add ``(l2/2) * ||theta||^2`` over every parameter to the objective.
+All three add ``(l2/2) * ||w||^2`` over every weight and ``(BIAS_PENALTY * l2/2) * b^2``
+over every bias (``BIAS_PENALTY = 1e-3``) to the objective: every optimum stays unique (a
+task whose data leave the objective, as in leave-one-task-out, still has one), while an
+intercept is not pulled towards zero (raw targets such as exam scores keep their mean).
+
+Defaults fit small tasks: ``hidden=[]`` (a linear model, convex, so the trainer's defaults
+minimise it exactly with full-batch L-BFGS) and every regularisation coefficient ``"auto"``
+(chosen on validation data by
+:func:`taskrel.training.regularization.resolve_regularization`, which :func:`taskrel.fit`
+and ``relate``/``compare`` call; a number pins it). A model is built from numbers only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.models.base import ModelConfig, MTLModel, TaskSpec
 
 Activation = Literal["relu", "tanh", "none"]
+Coefficient = Annotated[float, Field(ge=0.0)]
+Auto = Literal["auto"]
 
 
 def mlp(
@@ -53,13 +64,23 @@ def mlp(
 def _check_flat(taskset: TaskSet, model: str) -> int:
     shape = taskset.input_shape
     if len(shape) != 1 or taskset.tasks[0].x.dtype.kind != "f":
-        raise ConfigError(
+        raise NotApplicableError(
             f"model {model!r} needs flat float feature vectors; dataset {taskset.name!r} has "
             f"inputs of shape {shape} and dtype {taskset.tasks[0].x.dtype}"
         )
     if any(t.kind == "sequence_labeling" for t in taskset.tasks):
-        raise ConfigError(f"model {model!r} does not handle sequence labelling tasks")
+        raise NotApplicableError(f"model {model!r} does not handle sequence labelling tasks")
     return shape[0]
+
+
+def _check_pinned(config: ModelConfig, model: str) -> None:
+    auto = [k for k, v in config.model_dump().items() if v == "auto"]
+    if auto:
+        raise ConfigError(
+            f"model {model!r}: {', '.join(auto)}='auto' is chosen on validation data by "
+            "taskrel.fit (taskrel.training.resolve_regularization); give numbers to build "
+            f"the model directly, e.g. {auto[0]}=1e-3"
+        )
 
 
 def _squeeze_regression(out: Tensor, kind: str) -> Tensor:
@@ -71,21 +92,47 @@ def _n_outputs(task: TaskSpec) -> int:
     return 1 if task.kind == "regression" else task.n_outputs
 
 
-def l2_penalty(module: nn.Module, l2: float) -> Tensor:
-    """``(l2/2) * sum of squared parameters`` (a scalar)."""
-    total = sum((p.pow(2).sum() for p in module.parameters()), torch.zeros(()))
+BIAS_PENALTY = 1e-3
+"""Biases carry this fraction of the L2 coefficient: enough to make every optimum unique
+(a task whose data leave the objective still has one), too little to pull an intercept
+towards zero (raw targets such as exam scores keep their mean)."""
+
+
+def l2_penalty(module: nn.Module, l2: float, bias_scale: float = 1.0) -> Tensor:
+    """``(l2/2) * sum of squared parameters`` (a scalar), biases weighted by
+    ``bias_scale``."""
+    total = torch.zeros(())
+    for name, p in module.named_parameters():
+        scale = bias_scale if name.rsplit(".", 1)[-1] == "bias" else 1.0
+        total = total + scale * p.pow(2).sum()
     return 0.5 * l2 * total
 
 
 class HardSharingConfig(ModelConfig):
-    hidden: list[int] = Field(default_factory=lambda: [64], description="encoder widths")
+    hidden: list[int] = Field(
+        default_factory=list, description="encoder widths ([]: a linear model)"
+    )
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    shared_head: bool = Field(False, description="add a shared linear head to every task")
-    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on shared parameters")
-    l2_task: float | None = Field(
-        None, ge=0.0, description="L2 coefficient on task heads (default: same as l2)"
+    shared_head: bool | None = Field(
+        None,
+        description="add a shared linear head to every task (default: for a linear model "
+        "whose tasks have equal output sizes, since its tasks would share nothing otherwise)",
     )
+    l2: Coefficient | Auto = Field(
+        "auto", description="L2 coefficient on shared parameters ('auto': on validation)"
+    )
+    l2_task: Coefficient | Auto | None = Field(
+        "auto",
+        description="L2 coefficient on task heads ('auto': on validation after l2 when l2 "
+        "is 'auto' too, else the same as l2; null: same as l2)",
+    )
+
+    @model_validator(mode="after")
+    def _head_follows_pinned_l2(self) -> HardSharingConfig:
+        if self.l2 != "auto" and self.l2_task == "auto":
+            self.l2_task = None
+        return self
 
 
 class HardSharing(MTLModel):
@@ -93,6 +140,8 @@ class HardSharing(MTLModel):
 
     Config = HardSharingConfig
     name = "hard"
+    auto_fields: ClassVar[dict[str, Any]] = {"l2": 1e-4, "l2_task": None}
+    auto_ties: ClassVar[dict[str, Any]] = {"l2_task": None}
 
     def __init__(
         self, tasks: Sequence[TaskSpec], in_features: int, config: HardSharingConfig
@@ -103,8 +152,11 @@ class HardSharing(MTLModel):
         width = config.hidden[-1] if config.hidden else in_features
         self.heads = nn.ModuleList(nn.Linear(width, _n_outputs(t)) for t in tasks)
         self.shared_head: nn.Linear | None = None
-        if config.shared_head:
-            outs = {_n_outputs(t) for t in tasks}
+        outs = {_n_outputs(t) for t in tasks}
+        shared_head = config.shared_head
+        if shared_head is None:  # default: a linear model shares its head when it can
+            shared_head = not config.hidden and len(outs) == 1
+        if shared_head:
             if len(outs) != 1:
                 raise ConfigError(
                     "hard sharing: shared_head needs every task to have the same "
@@ -114,7 +166,12 @@ class HardSharing(MTLModel):
 
     @classmethod
     def build(cls, taskset: TaskSet, config: HardSharingConfig) -> HardSharing:
+        _check_pinned(config, cls.name)
         return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), config)
+
+    @property
+    def convex(self) -> bool:
+        return not self.config.hidden
 
     def features(self, x: Tensor) -> Tensor:
         """Shared representation ``phi(x)``, shape ``(b, width)``."""
@@ -129,23 +186,31 @@ class HardSharing(MTLModel):
 
     def penalty(self) -> Tensor:
         cfg = self.config
-        l2_task = cfg.l2 if cfg.l2_task is None else cfg.l2_task
-        shared = l2_penalty(self.encoder, cfg.l2)
+        l2 = float(cfg.l2)
+        l2_task = l2 if cfg.l2_task is None else float(cfg.l2_task)
+        shared = l2_penalty(self.encoder, l2, BIAS_PENALTY)
         if self.shared_head is not None:
-            shared = shared + l2_penalty(self.shared_head, cfg.l2)
-        return shared + l2_penalty(self.heads, l2_task)
+            shared = shared + l2_penalty(self.shared_head, l2, BIAS_PENALTY)
+        return shared + l2_penalty(self.heads, l2_task, BIAS_PENALTY)
 
     def task_parameter_names(self, task: int) -> list[str]:
         return [f"heads.{task}.{n}" for n, _ in self.heads[task].named_parameters()]
 
 
 class SoftSharingConfig(ModelConfig):
-    hidden: list[int] = Field(default_factory=lambda: [64], description="per-task MLP widths")
+    hidden: list[int] = Field(
+        default_factory=list, description="per-task MLP widths ([]: linear models)"
+    )
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    coupling: float = Field(1e-2, ge=0.0, description="lambda of the pairwise coupling penalty")
+    coupling: Coefficient | Auto = Field(
+        "auto",
+        description="lambda of the pairwise coupling penalty ('auto': on validation, after l2)",
+    )
     couple_heads: bool = Field(True, description="couple output layers too (same shapes only)")
-    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on all parameters")
+    l2: Coefficient | Auto = Field(
+        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
+    )
 
 
 class SoftSharing(MTLModel):
@@ -153,6 +218,8 @@ class SoftSharing(MTLModel):
 
     Config: ClassVar[type[ModelConfig]] = SoftSharingConfig
     name: ClassVar[str] = "soft"
+    auto_fields: ClassVar[dict[str, Any]] = {"l2": 1e-4, "coupling": 1e-2}
+    auto_ties: ClassVar[dict[str, Any]] = {"coupling": 0.0}
 
     def __init__(
         self, tasks: Sequence[TaskSpec], in_features: int, config: SoftSharingConfig
@@ -167,7 +234,12 @@ class SoftSharing(MTLModel):
 
     @classmethod
     def build(cls, taskset: TaskSet, config: SoftSharingConfig) -> SoftSharing:
+        _check_pinned(config, cls.name)
         return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), config)
+
+    @property
+    def convex(self) -> bool:
+        return not self.config.hidden
 
     def forward(self, x: Tensor, task: int) -> Tensor:
         out = self.heads[task](self.bodies[task](x))
@@ -183,7 +255,7 @@ class SoftSharing(MTLModel):
     def coupling_penalty(self) -> Tensor:
         """``(lambda/2) sum_{j<k} ||theta_j - theta_k||^2``, computed in O(T) as
         ``(lambda/2) (T sum_j ||theta_j||^2 - ||sum_j theta_j||^2)``."""
-        lam = self.config.coupling
+        lam = float(self.config.coupling)
         total = torch.zeros(())
         if lam == 0.0:
             return total
@@ -194,7 +266,7 @@ class SoftSharing(MTLModel):
         return 0.5 * lam * total
 
     def penalty(self) -> Tensor:
-        return l2_penalty(self, self.config.l2) + self.coupling_penalty()
+        return l2_penalty(self, float(self.config.l2), BIAS_PENALTY) + self.coupling_penalty()
 
     def task_parameter_names(self, task: int) -> list[str]:
         return [f"bodies.{task}.{n}" for n, _ in self.bodies[task].named_parameters()] + [
@@ -203,10 +275,14 @@ class SoftSharing(MTLModel):
 
 
 class SingleTaskConfig(ModelConfig):
-    hidden: list[int] = Field(default_factory=lambda: [64], description="per-task MLP widths")
+    hidden: list[int] = Field(
+        default_factory=list, description="per-task MLP widths ([]: linear models)"
+    )
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    l2: float = Field(1e-4, ge=0.0, description="L2 coefficient on all parameters")
+    l2: Coefficient | Auto = Field(
+        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
+    )
 
 
 class SingleTask(SoftSharing):
@@ -214,8 +290,11 @@ class SingleTask(SoftSharing):
 
     Config: ClassVar[type[ModelConfig]] = SingleTaskConfig
     name: ClassVar[str] = "stl"
+    auto_fields: ClassVar[dict[str, Any]] = {"l2": 1e-4}
+    auto_ties: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def build(cls, taskset: TaskSet, config: SingleTaskConfig) -> SingleTask:  # type: ignore[override]
+        _check_pinned(config, cls.name)
         soft = SoftSharingConfig(**config.model_dump(), coupling=0.0, couple_heads=False)
         return cls(TaskSpec.from_taskset(taskset), _check_flat(taskset, cls.name), soft)

@@ -7,6 +7,7 @@ direction and ``D`` = ``decoder_hidden``::
 
     e   = Dropout([Embedding(w) ; CharCNN(x)])           (b, l, E)   point "embedding"
     H   = Dropout(BiLSTM(e))                              (b, l, 2h)  point "encoder"
+          (with layers > 1: Dropout between the stacked BiLSTM layers too)
     intent: a = softmax over real tokens of v^T tanh(W_a H_l + c_a)
             u = sum_l a_l H_l                             (b, 2h)
             d = Dropout(ReLU(W_d u + c_d))                (b, D)      point "decoder"
@@ -22,6 +23,16 @@ log-likelihood of the gold tag sequence divided by the utterance's number of rea
 (:meth:`JointSLU.output_loss`, :meth:`JointSLU.output_predictions`). With ``crf=False`` the
 slot loss is the token-averaged cross-entropy and the prediction the per-token argmax.
 Feedback MTL sends the softmax of the slot logits averaged over tokens either way.
+
+Unseen labels: an intent or slot task whose labels end with ``UNK`` (the class of dev/test
+labels unseen in training, :func:`taskrel.data.slu.unseen_class`) keeps that class in its
+logits and losses (training never sees it as a target), but its score is ``-inf`` at
+prediction (argmax, Viterbi, :func:`tag_sentence`), so it is never predicted.
+
+Dropout draws its masks once per forward pass (:meth:`JointSLU.encode`, one mask per
+example, token and unit at each place, :class:`SharedDropout`), and every later
+:meth:`JointSLU.decode` of that pass reuses them: the unrolled iterations of feedback MTL
+then differ only through the feedback.
 
 Token ids ``x`` index the task set's token table (``meta['tokens']``, see
 :mod:`taskrel.data.slu`); ``w`` is ``x`` with every id outside the training vocabulary
@@ -51,10 +62,12 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from taskrel.data.slu import gold_tag_names, unseen_class
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.errors import ConfigError, DataError
 from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec
 from taskrel.models.crf import CRF
+from taskrel.models.feedback_parts import SharedDropout
 from taskrel.training.metrics import predict_task, sequence_metrics
 
 INFUSION_POINTS = ("embedding", "encoder", "decoder")
@@ -94,6 +107,7 @@ class SLUState:
         mask: real tokens ``(b, l)`` bool.
         lengths: tokens per utterance ``(b,)`` int64 (at least 1).
         total_length: ``L``, the padded length of the input.
+        dropout: the dropout masks of this pass, reused by every decode.
     """
 
     emb: Tensor
@@ -101,6 +115,7 @@ class SLUState:
     mask: Tensor
     lengths: Tensor
     total_length: int
+    dropout: SharedDropout
 
 
 def slu_task_indices(taskset: TaskSet) -> tuple[int, int]:
@@ -136,7 +151,8 @@ def is_slu_taskset(taskset: TaskSet) -> bool:
 
 class JointSLU(MTLModel):
     """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head, optionally
-    decoded by a CRF (``crf``: None without it; see the module docstring)."""
+    decoded by a CRF (``crf``: None without it; see the module docstring). ``unseen``
+    maps a task to its ``UNK`` class, masked at prediction."""
 
     Config = JointSLUConfig
     name = "slu"
@@ -149,13 +165,16 @@ class JointSLU(MTLModel):
         slot_task: int,
         config: JointSLUConfig,
         spellings: CharTable | None = None,
+        unseen: Mapping[int, int] | None = None,
     ) -> None:
         """``vocab_size`` words get an embedding; ``spellings`` (needed when
-        ``config.char_filters > 0``) spells every token id the inputs may hold."""
+        ``config.char_filters > 0``) spells every token id the inputs may hold; ``unseen``
+        maps a task position to the class id that is never predicted."""
         super().__init__(tasks)
         self.config = config
         self.intent_task, self.slot_task = intent_task, slot_task
         self.vocab_size = vocab_size
+        self.unseen = dict(unseen or {})
         width = 2 * config.hidden
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
         self.chars: CharCNN | None = None
@@ -163,15 +182,17 @@ class JointSLU(MTLModel):
             if spellings is None:
                 raise ConfigError("JointSLU: char_filters > 0 needs the tokens' spellings")
             self.chars = CharCNN(spellings, config.char_dim, config.char_filters)
+        # one BiLSTM per layer, so that the dropout between layers is ours (shared masks)
         self.lstm = nn.LSTM(
             config.embedding_dim + config.char_filters,
             config.hidden,
-            num_layers=config.layers,
             batch_first=True,
             bidirectional=True,
-            dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.lstm_upper = nn.ModuleList(
+            nn.LSTM(width, config.hidden, batch_first=True, bidirectional=True)
+            for _ in range(config.layers - 1)
+        )
         self.attention = nn.Sequential(
             nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False)
         )
@@ -196,7 +217,10 @@ class JointSLU(MTLModel):
                     "(the spelling of every token id); set model.char_filters=0 otherwise"
                 )
             spellings = CharTable.build(tokens, vocab_size)
-        return cls(TaskSpec.from_taskset(taskset), vocab_size, intent, slots, config, spellings)
+        classes = [unseen_class(task.labels) for task in taskset.tasks]
+        unseen = {t: c for t, c in enumerate(classes) if c is not None}
+        specs = TaskSpec.from_taskset(taskset)
+        return cls(specs, vocab_size, intent, slots, config, spellings, unseen)
 
     # -- the feedback-body interface (see taskrel.models.feedback_parts.FeedbackBody) ----
     def infusion_widths(self, task: int) -> dict[str, int]:
@@ -208,7 +232,8 @@ class JointSLU(MTLModel):
         }
 
     def encode(self, x: Tensor) -> SLUState:
-        """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding)."""
+        """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding); in training, draw
+        this pass's dropout masks."""
         mask_full = x != 0
         lengths = mask_full.sum(1).clamp(min=1)
         longest = int(lengths.max())
@@ -220,23 +245,31 @@ class JointSLU(MTLModel):
         emb = self.embedding(words)
         if self.chars is not None:
             emb = torch.cat([emb, self.chars(x)], dim=-1)
-        emb = self.dropout(emb)
-        return SLUState(
-            emb, self._lstm(emb, lengths), mask_full[:, :longest], lengths, mask_full.shape[1]
-        )
+        dropout = SharedDropout(self.config.dropout, self.training)
+        emb = dropout("embedding", emb)
+        enc = self._lstm(emb, lengths, dropout)
+        return SLUState(emb, enc, mask_full[:, :longest], lengths, mask_full.shape[1], dropout)
 
-    def _lstm(self, emb: Tensor, lengths: Tensor) -> Tensor:
-        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        enc, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
-        return self.dropout(enc)
+    def _lstm(self, emb: Tensor, lengths: Tensor, drop: SharedDropout) -> Tensor:
+        """The stacked BiLSTM on packed sequences, dropout after every layer."""
+        out = emb
+        for i, lstm in enumerate([self.lstm, *self.lstm_upper]):
+            packed = pack_padded_sequence(
+                out, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            out, _ = pad_packed_sequence(
+                lstm(packed)[0], batch_first=True, total_length=emb.shape[1]
+            )
+            out = drop(f"lstm{i}", out)
+        return out
 
     def decode(self, state: SLUState, task: int, additions: Mapping[str, Tensor]) -> Tensor:
         """Logits of ``task`` (intent ``(b, C)``, slots ``(b, L, S)``) with optional
         additive features ``(b, width)`` at the infusion points."""
         enc = state.enc
         if "embedding" in additions:
-            enc = self._lstm(state.emb + additions["embedding"].unsqueeze(1), state.lengths)
+            add = additions["embedding"].unsqueeze(1)
+            enc = self._lstm(state.emb + add, state.lengths, state.dropout)
         if "encoder" in additions:
             enc = enc + additions["encoder"].unsqueeze(1)
         dec_add = additions.get("decoder")
@@ -245,10 +278,10 @@ class JointSLU(MTLModel):
             pooled = torch.einsum("bl,bld->bd", torch.softmax(scores, dim=1), enc)
             pre = self.intent_hidden(pooled)
             pre = pre if dec_add is None else pre + dec_add
-            return self.intent_out(self.dropout(F.relu(pre)))
+            return self.intent_out(state.dropout("intent", F.relu(pre)))
         pre = self.slot_hidden(enc)
         pre = pre if dec_add is None else pre + dec_add.unsqueeze(1)
-        logits = self.slot_out(self.dropout(F.relu(pre)))
+        logits = self.slot_out(state.dropout("slots", F.relu(pre)))
         return F.pad(logits, (0, 0, 0, state.total_length - logits.shape[1]))
 
     def output_mask(self, state: SLUState, task: int) -> Tensor | None:
@@ -282,7 +315,9 @@ class JointSLU(MTLModel):
 
     def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
         """Intent ids ``(b,)``; slot tags ``(b, L)``: Viterbi over the real tokens
-        (``x != 0``) with the CRF, else the per-token argmax."""
+        (``x != 0``) with the CRF, else the per-token argmax. The task's ``UNK`` class
+        (:attr:`unseen`) scores ``-inf``, so it is never predicted."""
+        output = mask_class(output, self.unseen.get(task))
         if self.crf is None or task != self.slot_task:
             return super().output_predictions(output, x, task)
         return self.crf.decode(output, x != 0)
@@ -354,6 +389,7 @@ def slu_metrics(
     slots_true: np.ndarray,
     slots_pred: np.ndarray,
     slot_labels: Sequence[str],
+    gold_tags: list[list[str]] | None = None,
 ) -> dict[str, float]:
     """Standard SLU scores (fractions in [0, 1]).
 
@@ -362,6 +398,9 @@ def slu_metrics(
         slots_true: gold tag ids ``(n, L)`` padded with ``PAD_TAG``; ``slots_pred``:
             predicted tag ids ``(n, L)`` (padding positions ignored).
         slot_labels: tag names (BIO), indexed by tag id.
+        gold_tags: gold tag strings of the real tokens of each row, for the span F1
+            (default ``slot_labels[slots_true]``; :func:`taskrel.data.slu.gold_tag_names`
+            gives unseen tags their original strings).
 
     Returns:
         ``intent_accuracy``, ``slot_f1`` (span-level CoNLL F1, seqeval: a span counts only
@@ -370,7 +409,7 @@ def slu_metrics(
     """
     intent_ok = intent_true == intent_pred
     slots_ok = ((slots_true == slots_pred) | (slots_true == PAD_TAG)).all(axis=1)
-    seq = sequence_metrics(slots_true, slots_pred, slot_labels)
+    seq = sequence_metrics(slots_true, slots_pred, slot_labels, gold_tags)
     return {
         "intent_accuracy": float(intent_ok.mean()),
         "slot_f1": seq["slot_f1"],
@@ -387,7 +426,16 @@ def slu_scores(model: MTLModel, taskset: TaskSet, split: str) -> dict[str, float
     _, y_slots = taskset.tasks[slots].arrays(split)  # type: ignore[arg-type]
     _, p_intent = predict_task(model, x, intent)
     _, p_slots = predict_task(model, x, slots)
-    return slu_metrics(y_intent, p_intent, y_slots, p_slots, _names(taskset, slots))
+    gold = gold_tag_names(taskset, slots, split)  # type: ignore[arg-type]
+    return slu_metrics(y_intent, p_intent, y_slots, p_slots, _names(taskset, slots), gold)
+
+
+def mask_class(output: Tensor, cls: int | None) -> Tensor:
+    """``output`` ``(..., C)`` with class ``cls`` scored ``-inf`` (unchanged for None)."""
+    if cls is None:
+        return output
+    hit = torch.arange(output.shape[-1], device=output.device) == cls
+    return output.masked_fill(hit, -torch.inf)
 
 
 # -- tagging one sentence -----------------------------------------------------------------
@@ -421,16 +469,18 @@ class TaggedSentence:
 def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> TaggedSentence:
     """Intent and slot tags of one whitespace-tokenised sentence with a trained SLU model
     of ``taskset`` (whose ``meta['tokens']``, else ``meta['vocab']``, maps words to ids;
-    a word in neither is ``<unk>``)."""
+    a word in neither is ``<unk>``). The ``UNK`` intent and tag are never output; the
+    intent probability is taken over the other intents."""
     intent, slots = slu_task_indices(taskset)
     vocab = taskset.meta.get("tokens") or taskset.meta.get("vocab")
     if vocab is None:
         raise DataError(f"dataset {taskset.name!r} has no vocabulary in its meta data")
     x = encode_sentence(sentence, vocab)
     model.eval()
-    probs = torch.softmax(model(x, intent), dim=-1)[0]
-    tags = model.predict(x, slots)[0].tolist()
     intent_names = _names(taskset, intent)
+    logits = mask_class(model(x, intent), unseen_class(intent_names))
+    probs = torch.softmax(logits, dim=-1)[0]
+    tags = model.predict(x, slots)[0].tolist()
     tag_names = _names(taskset, slots)
     best = int(probs.argmax())
     return TaggedSentence(

@@ -7,9 +7,15 @@ Model (``T`` tasks, all of one kind with the same number of outputs ``C``):
   (local reparameterisation: the law of ``x W + b`` under the weight posterior);
 - task ``t`` has a Bayesian linear head ``w_t`` of shape ``(K + 1, C)`` (last row = bias)
   with mean-field posterior ``q(w_t) = N(M_t, diag S_t^2)``; outputs are
-  ``[a(z), 1] w_t`` with ``a`` the configured activation (identity by default);
+  ``[a(z), 1] w_t`` with ``a`` the configured activation (identity by default).
+  ``classifier="free"`` (default): ``M_t``, ``S_t`` are free parameters of task ``t``;
+  ``classifier="amortized"`` (the reference's ``vmtl_ac``): column ``c`` of the head,
+  ``w_{t,c}``, has a posterior *generated* from task ``t``'s class-``c`` mean feature by
+  an MLP shared by all tasks (:mod:`taskrel.models.vmtl_parts`; regression: one column,
+  generated from the task's input-target covariance);
 - priors: ``p(w_t)`` is a mixture of the other tasks' head posteriors, weights
-  ``alpha^w_t = gumbel_softmax(logits^w_t, tau)`` over the ``T - 1`` other tasks; for an
+  ``alpha^w_t = gumbel_softmax(logits^w_t, tau)`` over the ``T - 1`` other tasks (amortised
+  heads: one mixture per class, ``p(w_{t,c})`` over the ``q(w_{s,c})``, same weights); for an
   example ``(x, y)`` of task ``t``, ``p(z)`` mixes ``q(z | x~_s)`` over the other tasks ``s``
   with weights ``alpha^z_t``, where ``x~_s`` is an *anchor*: an attention-weighted average of
   task ``s``'s training inputs that are like ``(x, y)`` (see below). Source posteriors enter
@@ -18,7 +24,9 @@ Model (``T`` tasks, all of one kind with the same number of outputs ``C``):
   :data:`taskrel.models.bayes.PRIOR_FORMS`; ``prior`` picks which of ``z``/``w`` get mixture
   priors (``both``, ``w``, ``z``, ``none``); the others get ``N(0, I)``.
 
-Anchors: attention logits ``x . x_j / sqrt(d)`` over task ``s``'s training rows ``j``,
+Anchors: attention over task ``s``'s training rows ``j`` with logits ``x . x_j / sqrt(d)``
+(``attention="dot"``) or ``x . x_j / (max_j - min_j)`` over the row (``attention="range"``,
+the reference), see :func:`taskrel.models.vmtl_parts.attention_logits`;
 
 - classification: restricted to rows of the same class as ``y`` (a task with no training
   row of that class is left out of this example's mixture and the weights renormalise;
@@ -69,7 +77,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec
 from taskrel.models.bayes import (
     BayesianLinear,
@@ -80,6 +88,12 @@ from taskrel.models.bayes import (
     standard_normal_kl,
 )
 from taskrel.models.schedules import exponential_anneal, linear_warmup
+from taskrel.models.vmtl_parts import (
+    Attention,
+    PosteriorGenerator,
+    attention_logits,
+    summary_inputs,
+)
 from taskrel.relatedness.result import Relatedness
 from taskrel.training.trainer import fit
 
@@ -87,11 +101,23 @@ if TYPE_CHECKING:
     from taskrel.relatedness import RelateContext
 
 Component = Literal["w", "z"]
-_MASKED = -1e30
 
 
 class VMTLConfig(ModelConfig):
     latent: int = Field(128, ge=1, description="size K of the representation z")
+    classifier: Literal["free", "amortized"] = Field(
+        "free",
+        description="free: a Gaussian head per task; amortized: head posteriors generated "
+        "per task and class from the class-mean feature by a shared MLP (the reference)",
+    )
+    generator_hidden: int = Field(
+        256, ge=1, description="hidden width of the amortised classifier generator"
+    )
+    attention: Attention = Field(
+        "dot",
+        description="z-prior anchor attention logits: dot = x.x'/sqrt(d); range = x.x' "
+        "divided by the row's range max - min (the reference)",
+    )
     activation: Literal["none", "relu", "tanh"] = Field(
         "none", description="applied to z before the heads (the reference uses none)"
     )
@@ -182,6 +208,7 @@ class VMTL(MTLModel):
     y_mean: Tensor  # (T,) regression: training target mean per task
     y_std: Tensor  # (T,) regression: training target std per task
     y_scale: Tensor  # () regression: pooled training target std
+    summary_x: Tensor  # (T, G, d) amortised heads: summary input of each task and group
 
     def __init__(
         self,
@@ -199,12 +226,12 @@ class VMTL(MTLModel):
         super().__init__(tasks)
         kinds = {(t.kind, t.n_outputs) for t in tasks}
         if len(kinds) != 1 or tasks[0].kind not in ("classification", "regression"):
-            raise ConfigError(
+            raise NotApplicableError(
                 "model 'vmtl' needs tasks of one kind (classification or "
                 f"regression) with one number of outputs; got {sorted(kinds)}"
             )
         if len(tasks) < 2:
-            raise ConfigError("model 'vmtl' needs at least 2 tasks")
+            raise NotApplicableError("model 'vmtl' needs at least 2 tasks")
         self.config = config
         self.kind = tasks[0].kind
         self.n_tasks = n = len(tasks)
@@ -213,13 +240,18 @@ class VMTL(MTLModel):
         k = config.latent
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = BayesianLinear(d, k, config.sigma_init)
-        rho = softplus_inverse(config.sigma_init)
-        # every head starts at the same (zero) mean, so differences between heads come
-        # from the data only and the learned mixing weights are not init noise
-        self.head_mu = nn.ParameterList(nn.Parameter(torch.zeros(k + 1, c)) for _ in range(n))
-        self.head_rho = nn.ParameterList(
-            nn.Parameter(torch.full((k + 1, c), rho)) for _ in range(n)
-        )
+        if config.classifier == "amortized":
+            self.generator = PosteriorGenerator(k, config.generator_hidden, config.sigma_init)
+            summary, _ = summary_inputs(train_x, train_y, self.kind, c)
+            self.register_buffer("summary_x", summary, persistent=False)
+        else:
+            rho = softplus_inverse(config.sigma_init)
+            # every head starts at the same (zero) mean, so differences between heads come
+            # from the data only and the learned mixing weights are not init noise
+            self.head_mu = nn.ParameterList(nn.Parameter(torch.zeros(k + 1, c)) for _ in range(n))
+            self.head_rho = nn.ParameterList(
+                nn.Parameter(torch.full((k + 1, c), rho)) for _ in range(n)
+            )
         self.logits_w = nn.ParameterList(nn.Parameter(torch.zeros(n - 1)) for _ in range(n))
         self.logits_z = nn.ParameterList(nn.Parameter(torch.zeros(n - 1)) for _ in range(n))
         if self.kind == "regression":
@@ -264,7 +296,7 @@ class VMTL(MTLModel):
     def build(cls, taskset: TaskSet, config: VMTLConfig) -> VMTL:
         shape = taskset.input_shape
         if len(shape) != 1 or taskset.tasks[0].x.dtype.kind != "f":
-            raise ConfigError(
+            raise NotApplicableError(
                 f"model 'vmtl' needs flat float feature vectors; dataset "
                 f"{taskset.name!r} has inputs of shape {shape}"
             )
@@ -285,20 +317,43 @@ class VMTL(MTLModel):
 
     # -- posteriors -------------------------------------------------------------------
     def heads(self) -> tuple[Tensor, Tensor]:
-        """Means and variances of every head posterior, each ``(T, K + 1, C)``."""
+        """Means and variances of every head posterior, each ``(T, K + 1, C)`` (``C = 1``
+        for regression). Amortised heads are generated from the encoder mean at the
+        summary inputs (no dropout)."""
+        if self.config.classifier == "amortized":
+            mu, var = self.generate(self.summary_x)  # (T, G, K + 1)
+            return mu.transpose(1, 2), var.transpose(1, 2)
         mu = torch.stack(list(self.head_mu))
         var = F.softplus(torch.stack(list(self.head_rho))) ** 2
         return mu, var
+
+    def generate(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Amortised head posteriors ``(..., K + 1)`` (mean, variance) for summary inputs
+        ``u`` ``(..., d)``: the generator at the encoder mean (no dropout)."""
+        return self.generator(self._activate(self.encoder.moments(u)[0]))
+
+    def head_groups(self) -> tuple[Tensor, Tensor]:
+        """Head posteriors grouped by independent prior mixture, each ``(T, G, D)``: free
+        heads are one group (``D = (K + 1) C``); amortised heads one group per column
+        (``G = C``, ``D = K + 1``)."""
+        mu, var = self.heads()
+        if self.config.classifier == "amortized":
+            return mu.transpose(1, 2), var.transpose(1, 2)
+        return mu.flatten(1).unsqueeze(1), var.flatten(1).unsqueeze(1)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z|x)``: mean and variance ``(b, K)`` of the representation (input dropout
         applies in training mode)."""
         return self.encoder.moments(self.dropout(x))
 
+    def _activate(self, z: Tensor) -> Tensor:
+        """``a(z)``: the configured activation."""
+        act = self.config.activation
+        return torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
+
     def _augment(self, z: Tensor) -> Tensor:
         """``[a(z), 1]``: activation plus a constant column for the head bias."""
-        act = self.config.activation
-        h = torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
+        h = self._activate(z)
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
     def sample_outputs(
@@ -330,7 +385,7 @@ class VMTL(MTLModel):
                 return torch.logsumexp(F.log_softmax(out, -1), 0) - math.log(len(out))
             pred = out.mean(0)
         else:
-            pred = self._augment(self.encode(x)[0]) @ self.head_mu[task]
+            pred = self._augment(self.encode(x)[0]) @ self.heads()[0][task]
             if self.kind == "classification":
                 return pred
         return pred.squeeze(-1) * self.y_std[task] + self.y_mean[task]
@@ -354,23 +409,26 @@ class VMTL(MTLModel):
         return self.schedule.mixing and self.config.prior in (component, "both")
 
     def kl_w(self, tasks: Sequence[int], alpha: Tensor | None = None) -> Tensor:
-        """``KL(q(w_t) || p(w_t))`` of the given tasks, shape ``(len(tasks),)`` (nats).
+        """``KL(q(w_t) || p(w_t))`` of the given tasks, shape ``(len(tasks),)`` (nats):
+        summed over the groups of :meth:`head_groups`, each with its own mixture prior
+        over the other tasks' posteriors of that group.
 
         ``alpha`` ``(T, T)`` are the mixing weights with zero diagonal (drawn if None); the
         other tasks' posteriors enter the prior detached."""
-        mu, var = self.heads()
+        mu, var = self.head_groups()  # (T, G, D)
         idx = torch.as_tensor(list(tasks), dtype=torch.long)
-        mu_q, var_q = mu[idx].flatten(1), var[idx].flatten(1)
+        mu_q, var_q = mu[idx], var[idx]
         if not self._mixes("w"):
-            return standard_normal_kl(mu_q, var_q)
+            return standard_normal_kl(mu_q, var_q).sum(-1)
         alpha = self.mixing_weights("w") if alpha is None else alpha
         src = self.others[idx]  # (n, T-1): never the task itself
-        weights = torch.gather(alpha[idx], 1, src)
-        mu_s = mu.detach().flatten(1)[src]  # (n, T-1, D)
-        var_s = var.detach().flatten(1)[src]
-        return mixture_prior_kl(
+        weights = torch.gather(alpha[idx], 1, src).unsqueeze(1).expand(-1, mu.shape[1], -1)
+        mu_s = mu.detach()[src].transpose(1, 2)  # (n, G, T-1, D)
+        var_s = var.detach()[src].transpose(1, 2)
+        kl = mixture_prior_kl(
             mu_q, var_q, weights, mu_s, var_s, self.config.prior_form, self.config.kl_samples
         )
+        return kl.sum(-1)
 
     @torch.no_grad()
     def anchors(self, x: Tensor, y: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
@@ -386,16 +444,16 @@ class VMTL(MTLModel):
             that task has no matching training row and for the example's own task.
         """
         xs, ys = self.anchor_x, self.anchor_y
-        logits = torch.einsum("bd,sjd->bsj", x, xs) / math.sqrt(x.shape[-1])
         not_self = tasks.reshape(-1, 1) != torch.arange(self.n_tasks)  # (b, T)
         valid = self.anchor_valid.unsqueeze(0) & not_self.unsqueeze(-1)
         if self.kind == "classification":
             valid = valid & (ys.unsqueeze(0) == y.reshape(-1, 1, 1))
-        elif self.config.target_bandwidth is not None:
+        logits = attention_logits(x, xs, valid, self.config.attention)
+        if self.kind == "regression" and self.config.target_bandwidth is not None:
             h = self.config.target_bandwidth * self.y_scale
             dist = (y.reshape(-1, 1, 1).float() - ys.unsqueeze(0)) ** 2
             logits = logits - dist / (2 * h**2)
-        weights = torch.softmax(logits.masked_fill(~valid, _MASKED), dim=-1)
+        weights = torch.softmax(logits, dim=-1)
         return torch.einsum("bsj,sjd->bsd", weights, xs), valid.any(-1)
 
     def kl_z(
@@ -479,7 +537,11 @@ class VMTL(MTLModel):
         return 0.5 * self.config.l2 * (enc.weight_mu.pow(2).sum() + enc.bias_mu.pow(2).sum())
 
     def task_parameter_names(self, task: int) -> list[str]:
-        names = [f"head_mu.{task}", f"head_rho.{task}", f"logits_w.{task}", f"logits_z.{task}"]
+        """A task's mixing logits, noise std (regression) and free head (the amortised
+        generator is shared)."""
+        names = [f"logits_w.{task}", f"logits_z.{task}"]
+        if self.config.classifier == "free":
+            names = [f"head_mu.{task}", f"head_rho.{task}", *names]
         return names + ([f"log_noise.{task}"] if self.kind == "regression" else [])
 
     # -- read-out ---------------------------------------------------------------------

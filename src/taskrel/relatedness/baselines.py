@@ -1,6 +1,7 @@
-"""Baseline relatedness methods recorded while a model with shared parameters trains.
+"""Baseline relatedness methods: two recorded while a model with shared parameters trains,
+and one read from fitted parameters.
 
-Both methods train ``ctx.model`` once (through the trainer's ``on_step`` hook, no second
+The first two train ``ctx.model`` once (through the trainer's ``on_step`` hook, no second
 training loop) and, every ``every`` steps, look at the mini-batches of that step. With
 ``theta_s`` the shared parameters and ``L_t`` task t's mean data loss on its batch
 (the penalty is left out: it is no task's loss):
@@ -15,12 +16,18 @@ training loop) and, every ``every`` steps, look at the mini-batches of that step
 
 Each matrix is the mean over the recorded steps. The probes run in evaluation mode (no
 dropout) under a forked random state, so recording never changes the training trajectory.
+
+- **parameter similarity** (:func:`parameter_similarity`): ``R[i, j] = cos(theta_i,
+  theta_j)``, the cosine between the tasks' fitted parameter vectors: single-task linear
+  models (weights and biases, flattened), or, for a model with a non-linear shared
+  representation, the tasks' heads on it. Tasks whose optimal predictors point the same
+  way score near 1, opposite ones near -1 (symmetric, diagonal 1, dimensionless).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,11 +35,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
+from taskrel.models import build_model
 from taskrel.models.base import Batch, MTLModel
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
-from taskrel.training.trainer import TrainConfig, TrainResult, fit
+from taskrel.training.trainer import FIRST_ORDER_LR, TrainConfig, TrainResult, fit
 
 Probe = Callable[[MTLModel, list[Batch]], Tensor]
 """Maps the model and one step's batches (one per task) to a ``(T, T)`` matrix."""
@@ -66,11 +74,11 @@ def shared_task_gradients(
         ``losses`` are the current task losses ``(T,)`` (loss units, e.g. nats).
 
     Raises:
-        ConfigError: the model has no shared parameters.
+        NotApplicableError: the model has no shared parameters.
     """
     shared = {f"model.{n}": p.detach() for n, p in model.shared_parameters().items()}
     if not shared:
-        raise ConfigError(
+        raise NotApplicableError(
             f"model {model.name!r} has no shared parameters; gradient-based "
             "relatedness needs a model that shares some (e.g. 'hard')"
         )
@@ -145,6 +153,7 @@ def record_during_training(
         train_config or ctx.train_config,
         on_step=on_step,
         progress=ctx.progress,
+        notify=False,  # training is the probe's vehicle; its optimum is not the point
     )
     return (total / max(count, 1)).numpy(), count, result
 
@@ -153,8 +162,13 @@ def _train_config(
     ctx: RelateContext,
     override: TrainConfig | Mapping[str, Any] | None,
 ) -> TrainConfig:
+    """The config to train with while recording: ``override``, else ``ctx.train_config``
+    with an ``'auto'`` optimiser made first-order (Adam, mini-batches: the methods are
+    defined on stochastic training, not on the few full-batch steps of an exact
+    optimiser)."""
     if override is None:
-        return ctx.train_config
+        cfg = ctx.train_config
+        return cfg.model_copy(update={"optimizer": "adam"}) if cfg.optimizer == "auto" else cfg
     return override if isinstance(override, TrainConfig) else TrainConfig(**override)
 
 
@@ -216,7 +230,7 @@ def lookahead_affinity(
         i's batch loss after one step on task j (a fraction; rows = targets).
     """
     cfg = _train_config(ctx, train_config)
-    step = cfg.lr if lr is None else lr
+    step = lr if lr is not None else (cfg.lr if cfg.lr is not None else FIRST_ORDER_LR)
     if step <= 0:
         raise ConfigError(f"lookahead lr must be > 0, got {step}")
     matrix, count, _ = record_during_training(
@@ -237,5 +251,76 @@ def lookahead_affinity(
             "recorded_steps": count,
             "model": ctx.model,
             "train_config": cfg.model_dump(),
+        },
+    )
+
+
+def task_vectors(model: MTLModel) -> Tensor:
+    """``(T, P)``: each task's own parameters (:meth:`MTLModel.task_parameters`),
+    flattened in name order.
+
+    Raises:
+        NotApplicableError: the tasks' parameter vectors differ in length (e.g. different
+            numbers of classes), so no cosine is defined.
+    """
+    rows = [
+        torch.cat([p.detach().reshape(-1) for _, p in sorted(model.task_parameters(t).items())])
+        for t in range(len(model.tasks))
+    ]
+    sizes = sorted({len(r) for r in rows})
+    if len(sizes) != 1:
+        raise NotApplicableError(
+            f"parameter similarity needs parameter vectors of one length; tasks have {sizes} "
+            "(e.g. different numbers of classes)"
+        )
+    return torch.stack(rows).double()
+
+
+def parameter_similarity(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    model: MTLModel | None = None,
+    l2: float | Literal["auto"] = "auto",
+) -> Relatedness:
+    """Cosine similarity between the tasks' fitted parameters.
+
+    Args:
+        taskset: the tasks (``T`` of them).
+        ctx: when ``ctx.model`` has shared parameters and is not convex (a non-linear
+            shared representation, e.g. ``hard`` with hidden layers), it is trained and
+            its task heads are compared; otherwise single-task linear models
+            (``stl``, ``hidden=[]``) are fitted with ``ctx.train_config``.
+        model: a trained model whose task parameters to compare instead (no training).
+        l2: L2 coefficient of the single-task models (``"auto"``: chosen on validation
+            data).
+
+    Returns:
+        A ``(T, T)`` symmetric :class:`Relatedness` in [-1, 1] with diagonal 1 (0 for a
+        task whose parameters are all zero).
+
+    Raises:
+        NotApplicableError: the tasks' parameter vectors differ in length.
+    """
+    source = "given model"
+    if model is None:
+        pinned = ctx.pinned(taskset)
+        probe = build_model(pinned.model, taskset, pinned.model_config)
+        if probe.shared_parameters() and not probe.convex:
+            source = f"task heads of {pinned.model!r}"
+            model = fit(taskset, pinned.model, pinned.model_config, pinned.train_config).model
+        else:
+            source = "single-task linear models"
+            stl: dict[str, Any] = {"hidden": [], "l2": l2}
+            model = fit(taskset, "stl", stl, ctx.train_config, progress=ctx.progress).model
+    vectors = task_vectors(model)
+    unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
+    return Relatedness(
+        (unit @ unit.T).numpy(),
+        taskset.names,
+        "param-similarity",
+        meta={
+            "units": "cosine of the tasks' fitted parameter vectors",
+            "source": source,
+            "model": model.name,
         },
     )

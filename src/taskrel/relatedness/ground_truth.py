@@ -18,6 +18,13 @@ positive when the data help.
   the penalty), so the diagonal is defined too.
 - Pairwise: ``R[i, j] = L_i(trained on {i} alone) - L_i(trained on {i, j})``; the
   diagonal is 0 by definition.
+- Subsets (datamodel): ``R[i, j] = -beta_ij`` of the least-squares fit
+  ``L_i(S) ~ alpha_i + sum_j beta_ij [j in S]`` over random task subsets ``S`` holding i;
+  the diagonal is 0.
+
+Each of the three takes ``repeats`` (new split and training seed per repeat, see
+:mod:`taskrel.relatedness.resample`) and reports the mean matrix, per-entry standard
+errors and the reliability of the mean (:func:`resampled_ground_truth`).
 - LOO: ``L_i(without example z) - L_i(all)``; dropping renormalises the task's mean over
   its ``n_j - 1`` remaining examples (:meth:`TaskSet.drop_train`).
 """
@@ -26,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,15 +49,19 @@ from torch import Tensor
 from taskrel.config import DataConfig
 from taskrel.data import load
 from taskrel.data.taskset import Task, TaskSet
-from taskrel.errors import DataError
+from taskrel.errors import ConfigError, DataError
 from taskrel.execution import Job
 from taskrel.models import build_model
 from taskrel.models.base import Batch, MTLModel
+from taskrel.progress import progress
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.agreement import correlate
+from taskrel.relatedness.reliability import self_agreement, split_half_reliability
+from taskrel.relatedness.resample import Repeat, plan_repeats, repeat_spec, resplit, standard_error
 from taskrel.relatedness.result import Relatedness
 from taskrel.seeding import seed_everything
 from taskrel.training.metrics import evaluate
+from taskrel.training.regularization import resolve_regularization, unresolved
 from taskrel.training.trainer import TrainConfig, train
 
 DataSpec = dict[str, Any]
@@ -58,7 +70,13 @@ DataSpec = dict[str, Any]
 # -- data specs --------------------------------------------------------------------------------
 def load_data(spec: Mapping[str, Any]) -> TaskSet:
     """Rebuild a task set from a spec: ``{"name", "options", "standardize"}`` (a
-    :class:`~taskrel.config.DataConfig`) or ``{"snapshot": path, "sha256": hex}``."""
+    :class:`~taskrel.config.DataConfig`), ``{"snapshot": path, "sha256": hex}``, or
+    ``{"resplit": spec, "seed": int, "standardize": scope}`` (that spec's task set
+    re-split by :func:`~taskrel.relatedness.resample.resplit`, then standardised)."""
+    if "resplit" in spec:
+        taskset = resplit(load_data(spec["resplit"]), int(spec["seed"]))
+        scope = spec.get("standardize", "none")
+        return taskset if scope == "none" else taskset.standardize(scope)
     if "snapshot" in spec:
         return _read_snapshot(Path(spec["snapshot"]))
     cfg = DataConfig(**spec)
@@ -142,11 +160,18 @@ def train_model(
     """Seed, build and train ``model`` on ``taskset`` (precision ``train_config.dtype``),
     optionally without the data of ``without_tasks`` (their validation rows are not used
     either). The same seed gives the same initialisation whatever is left out;
-    ``init_state`` (a state dict) replaces that initialisation (warm start)."""
+    ``init_state`` (a state dict) replaces that initialisation (warm start).
+
+    ``"auto"`` regularisation is chosen on ``taskset``'s validation data first
+    (:func:`~taskrel.training.regularization.resolve_regularization`) when training on
+    all tasks; a retraining without some tasks needs pinned values (ConfigError)."""
     cfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig(**train_config)
+    if without_tasks:
+        _require_pinned(model, model_config)
+    config, _ = resolve_regularization(taskset, model, model_config, cfg)
     data = taskset
     seed_everything(cfg.seed)
-    built = build_model(model, data, dict(model_config))
+    built = build_model(model, data, config)
     if init_state is not None:
         built.load_state_dict(init_state)
     if without_tasks:
@@ -159,6 +184,15 @@ def train_model(
         )
     train(built, data, cfg, progress=False)
     return built
+
+
+def _require_pinned(model: str, model_config: Mapping[str, Any]) -> None:
+    auto = unresolved(model, model_config)
+    if auto:
+        raise ConfigError(
+            f"retraining {model!r} with {', '.join(auto)}='auto': retrainings use the values "
+            "chosen once on the full task set (RelateContext.pinned) and never re-tune"
+        )
 
 
 def retrain(
@@ -185,7 +219,12 @@ def retrain(
 
     Returns:
         ``{"task_names", "test_loss" (list, per trained task), "metrics" (per task)}``.
+
+    Raises:
+        ConfigError: ``model_config`` still has ``"auto"`` regularisation (a retraining
+            never re-tunes; :class:`Retrainer` pins the values first).
     """
+    _require_pinned(model, model_config)
     taskset = load_data(data)
     if drop_ids:
         taskset = taskset.drop_train(np.asarray(drop_ids, dtype=np.int64))
@@ -211,8 +250,9 @@ class Retrainer:
         taskset: the task set (used to snapshot it when ``data`` is None).
         ctx: model, configs, executor, cache.
         data: spec of a built-in dataset that rebuilds ``taskset`` (preferred: works on
-            remote workers); None writes a snapshot file (into ``ctx.cache_dir``, else a
-            temporary folder removed on :meth:`close`).
+            remote workers), or any spec of :func:`load_data`; None writes a snapshot
+            file (into ``ctx.cache_dir``, else a temporary folder removed on
+            :meth:`close`).
         warm_start: a trained model every job starts from instead of the seeded
             initialisation (saved next to the snapshots). For non-convex models this
             retrains to the local optimum near the original one, which is what influence
@@ -226,16 +266,18 @@ class Retrainer:
         data: DataConfig | Mapping[str, Any] | None = None,
         warm_start: MTLModel | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.ctx = ctx.pinned(taskset)  # never re-tuned per retraining
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if ctx.cache_dir is not None:
             self.folder = Path(ctx.cache_dir).resolve() / "tasksets"
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="taskrel-")
             self.folder = Path(self._tmp.name)
-        if data is not None:
+        if isinstance(data, Mapping) and ("snapshot" in data or "resplit" in data):
+            self.spec: DataSpec = dict(data)
+        elif data is not None:
             cfg = data if isinstance(data, DataConfig) else DataConfig(**data)
-            self.spec: DataSpec = cfg.model_dump()
+            self.spec = cfg.model_dump()
         else:
             self.spec = snapshot_taskset(taskset, self.folder)
         self.init = _save_state(warm_start, self.folder) if warm_start is not None else None
@@ -254,11 +296,24 @@ class Retrainer:
             },
         )
 
-    def run(self, variants: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Results of one retraining per variant (keyword arguments of :func:`retrain`)."""
+    def repeat_variant(self, repeat: Repeat) -> dict[str, Any]:
+        """The ``data`` and ``train_config`` job arguments of ``repeat`` (its split and
+        training seed), to merge into a variant."""
+        config = self.ctx.train_config.model_copy(update={"seed": repeat.train_seed})
+        return {"data": repeat_spec(self.spec, repeat), "train_config": config.model_dump()}
+
+    def run(
+        self, variants: Sequence[Mapping[str, Any]], label: str = "retraining"
+    ) -> list[dict[str, Any]]:
+        """Results of one retraining per variant (keyword arguments of :func:`retrain`);
+        the sweep reports its progress under ``label`` with ``ctx.progress`` (or inside
+        :func:`taskrel.progress.shown`)."""
         cache = Path(self.ctx.cache_dir) / "retrain" if self.ctx.cache_dir else None
         self.jobs_run += len(variants)
-        return self.ctx.executor.map([self.job(**v) for v in variants], cache=cache)
+        jobs = [self.job(**v) for v in variants]
+        shown = True if self.ctx.progress else None  # None: as the application set it
+        with progress(label, "retrainings", len(jobs), enabled=shown) as report:
+            return self.ctx.executor.map(jobs, cache=cache, progress=report)
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -292,32 +347,134 @@ def _save_state(model: MTLModel, directory: Path) -> DataSpec:
 
 
 # -- ground-truth relatedness ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Design:
+    """One repeat of a ground-truth kind: its retrainings (keyword arguments of
+    :func:`retrain`) and how their results, in the same order, become the ``(T, T)``
+    matrix plus kind-specific meta entries."""
+
+    variants: list[dict[str, Any]]
+    assemble: Callable[[list[dict[str, Any]]], tuple[np.ndarray, dict[str, Any]]]
+
+
+def resampled_ground_truth(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    label: str,
+    units: str,
+    design: Callable[[int, np.random.Generator], Design],
+    data: DataConfig | Mapping[str, Any] | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    seed_repeats: int = 0,
+    warm_start: bool | MTLModel = False,
+) -> Relatedness:
+    """Run ``design`` on every repeat of :func:`~taskrel.relatedness.resample.plan_repeats`
+    (all retrainings in one executor sweep, cached) and average the resampled repeats.
+
+    ``design(T, rng)`` gets a generator seeded by ``(seed, repeat index)`` (seed-only
+    repeats get repeat 0's). The result's
+    matrix is the mean over the ``repeats`` resampled repeats; with ``repeats >= 2``,
+    ``meta`` adds ``per_repeat`` ``(R, T, T)``, ``stderr`` ``(T, T)``, ``reliability``,
+    ``reliability_ci``, ``ceiling`` and ``ceiling_ci`` (see
+    :mod:`taskrel.relatedness.reliability`); with ``seed_repeats >= 1``,
+    ``seed_only_per_repeat`` (the original split under seeds ``s, s + 1, ...``) and
+    ``seed_only_agreement`` (their mean pairwise off-diagonal Spearman).
+
+    Raises:
+        ConfigError: bad ``repeats``/``seed_repeats`` (see ``plan_repeats``), or a warm
+            start with more than one repeat (each repeat has its own split and seed).
+    """
+    start = time.perf_counter()
+    plan = plan_repeats(taskset, repeats, seed, ctx.train_config.seed, seed_repeats)
+    if warm_start is not False and len(plan) > 1:
+        raise ConfigError(
+            f"warm_start needs repeats=1 and seed_repeats=0 (each repeat has its own split "
+            f"and seed), got repeats={repeats}, seed_repeats={seed_repeats}"
+        )
+    n = len(taskset)
+    # a seed-only repeat reuses repeat 0's design (e.g. its subsets): only the seed differs
+    designs = [
+        design(n, np.random.default_rng([seed, rep.index if rep.role == "resample" else 0]))
+        for rep in plan
+    ]
+    with Retrainer(taskset, ctx, data, _warm(taskset, ctx, warm_start)) as rt:
+        runs = rt.run(
+            [
+                {**v, **rt.repeat_variant(rep)}
+                for rep, d in zip(plan, designs, strict=True)
+                for v in d.variants
+            ],
+            label=f"{label} ground truth",
+        )
+    outcomes, pos = [], 0
+    for d in designs:
+        outcomes.append(d.assemble(runs[pos : pos + len(d.variants)]))
+        pos += len(d.variants)
+    main = [o for rep, o in zip(plan, outcomes, strict=True) if rep.role == "resample"]
+    stack = np.stack([m for m, _ in main])
+    meta: dict[str, Any] = {"units": units}
+    for key in main[0][1]:
+        meta[key] = np.mean([extra[key] for _, extra in main], axis=0)
+    meta.update(
+        retrainings=len(runs),
+        warm_start=warm_start is not False,
+        repeats=repeats,
+        resample_seed=seed,
+        train_seeds=[rep.train_seed for rep in plan if rep.role == "resample"],
+    )
+    if repeats >= 2:
+        rel = split_half_reliability(stack, seed=seed)
+        meta.update(
+            per_repeat=stack,
+            stderr=standard_error(stack),
+            reliability=rel.value,
+            reliability_ci=[rel.ci_low, rel.ci_high],
+            ceiling=rel.ceiling,
+            ceiling_ci=list(rel.ceiling_ci),
+        )
+    if seed_repeats:
+        same_split = np.stack(
+            [outcomes[0][0]]
+            + [o[0] for rep, o in zip(plan, outcomes, strict=True) if rep.role == "seed"]
+        )
+        meta.update(seed_only_per_repeat=same_split, seed_only_agreement=self_agreement(same_split))
+    meta["retrain_wall_time_s"] = time.perf_counter() - start
+    return Relatedness(stack.mean(0), taskset.names, label, meta=meta)
+
+
+def _loto_design(n: int, rng: np.random.Generator) -> Design:
+    def assemble(runs: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, Any]]:
+        base = np.asarray(runs[0]["test_loss"])
+        matrix = np.stack([np.asarray(r["test_loss"]) - base for r in runs[1:]], axis=1)
+        return matrix, {"base_test_loss": base}
+
+    return Design([{}] + [{"without_tasks": [j]} for j in range(n)], assemble)
+
+
 def loto_relatedness(
     taskset: TaskSet,
     ctx: RelateContext,
     data: DataConfig | Mapping[str, Any] | None = None,
     warm_start: bool | MTLModel = False,
+    repeats: int = 1,
+    seed: int = 0,
+    seed_repeats: int = 0,
 ) -> Relatedness:
     """Leave-one-task-out by retraining (registry entry ``ground-truth``): ``T + 1``
-    trainings. ``R[i, j] = L_i(without task j's data) - L_i(all)``, diagonal included.
+    trainings per repeat. ``R[i, j] = L_i(without task j's data) - L_i(all)``, diagonal
+    included.
 
     ``warm_start``: start every retraining from the model trained on all data (True:
-    train it first; or pass that model) instead of the seeded initialisation."""
-    start = time.perf_counter()
-    n = len(taskset)
-    with Retrainer(taskset, ctx, data, _warm(taskset, ctx, warm_start)) as rt:
-        runs = rt.run([{}] + [{"without_tasks": [j]} for j in range(n)])
-    base = np.asarray(runs[0]["test_loss"])
-    matrix = np.stack([np.asarray(r["test_loss"]) - base for r in runs[1:]], axis=1)
-    meta = {
-        "units": "change of the target's mean test loss when the source's training data "
-        "are removed (retrained); positive: the source helps",
-        "base_test_loss": base,
-        "retrainings": n + 1,
-        "warm_start": bool(warm_start),
-        "retrain_wall_time_s": time.perf_counter() - start,
-    }
-    return Relatedness(matrix, taskset.names, "loto", meta=meta)
+    train it first; or pass that model) instead of the seeded initialisation (one repeat
+    only). ``repeats``, ``seed``, ``seed_repeats``: see :func:`resampled_ground_truth`."""
+    units = (
+        "change of the target's mean test loss when the source's training data are removed "
+        "(retrained); positive: the source helps"
+    )
+    return resampled_ground_truth(
+        taskset, ctx, "loto", units, _loto_design, data, repeats, seed, seed_repeats, warm_start
+    )
 
 
 def _warm(
@@ -332,31 +489,143 @@ def _warm(
     return None
 
 
+def _pairwise_design(n: int, rng: np.random.Generator) -> Design:
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    def assemble(runs: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, Any]]:
+        alone = np.array([r["test_loss"][0] for r in runs[:n]])
+        matrix = np.zeros((n, n))
+        for (i, j), r in zip(pairs, runs[n:], strict=True):
+            matrix[i, j] = alone[i] - r["test_loss"][0]
+            matrix[j, i] = alone[j] - r["test_loss"][1]
+        return matrix, {"alone_test_loss": alone}
+
+    return Design(
+        [{"tasks": [i]} for i in range(n)] + [{"tasks": [i, j]} for i, j in pairs], assemble
+    )
+
+
 def pairwise_relatedness(
     taskset: TaskSet,
     ctx: RelateContext,
     data: DataConfig | Mapping[str, Any] | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    seed_repeats: int = 0,
 ) -> Relatedness:
     """Pairwise transfer by retraining (registry entry ``pairwise``): ``T + T(T-1)/2``
-    trainings. ``R[i, j] = L_i({i} alone) - L_i({i, j})``; the diagonal is 0."""
-    start = time.perf_counter()
-    n = len(taskset)
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    with Retrainer(taskset, ctx, data) as rt:
-        runs = rt.run([{"tasks": [i]} for i in range(n)] + [{"tasks": [i, j]} for i, j in pairs])
-    alone = np.array([r["test_loss"][0] for r in runs[:n]])
+    trainings per repeat. ``R[i, j] = L_i({i} alone) - L_i({i, j})``; the diagonal is 0.
+    ``repeats``, ``seed``, ``seed_repeats``: see :func:`resampled_ground_truth`."""
+    units = (
+        "test-loss reduction of the target when trained together with the source rather "
+        "than alone; positive: the source helps; diagonal 0 by definition"
+    )
+    return resampled_ground_truth(
+        taskset, ctx, "pairwise", units, _pairwise_design, data, repeats, seed, seed_repeats
+    )
+
+
+def balanced_membership(
+    n_tasks: int, n_subsets: int, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Random task subsets ``(M, T)`` bool in which every task is a member of exactly
+    ``round(fraction * n_subsets)`` subsets (independently shuffled per task, so subset
+    sizes vary and memberships are not collinear); empty subsets are dropped."""
+    count = int(round(fraction * n_subsets))
+    member = np.zeros((n_subsets, n_tasks), dtype=bool)
+    for t in range(n_tasks):
+        member[rng.permutation(n_subsets)[:count], t] = True
+    return member[member.any(axis=1)]
+
+
+def datamodel_matrix(member: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Per target i, least squares of its test loss over the subsets containing i on an
+    intercept and the membership of every other task j: ``R[i, j] = -coefficient_j``
+    (positive: j's presence lowers i's loss). ``member`` ``(M, T)`` bool, ``losses``
+    ``(M, T)`` (NaN outside the subset); diagonal 0."""
+    n = member.shape[1]
     matrix = np.zeros((n, n))
-    for (i, j), r in zip(pairs, runs[n:], strict=True):
-        matrix[i, j] = alone[i] - r["test_loss"][0]
-        matrix[j, i] = alone[j] - r["test_loss"][1]
-    meta = {
-        "units": "test-loss reduction of the target when trained together with the source "
-        "rather than alone; positive: the source helps; diagonal 0 by definition",
-        "alone_test_loss": alone,
-        "retrainings": len(runs),
-        "retrain_wall_time_s": time.perf_counter() - start,
-    }
-    return Relatedness(matrix, taskset.names, "pairwise", meta=meta)
+    for i in range(n):
+        rows = member[:, i]
+        others = np.arange(n) != i
+        design = np.column_stack([np.ones(int(rows.sum())), member[rows][:, others]])
+        coef = np.linalg.lstsq(design, losses[rows, i], rcond=None)[0]
+        matrix[i, others] = -coef[1:]
+    return matrix
+
+
+def _subsets_design(
+    n_subsets: int, fraction: float
+) -> Callable[[int, np.random.Generator], Design]:
+    def design(n: int, rng: np.random.Generator) -> Design:
+        member = balanced_membership(n, n_subsets, fraction, rng)
+        subsets = [np.flatnonzero(row).tolist() for row in member]
+
+        def assemble(runs: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, Any]]:
+            return datamodel_matrix(member, _subset_table(subsets, runs, n)), {}
+
+        return Design([{"tasks": s} for s in subsets], assemble)
+
+    return design
+
+
+def subsets_relatedness(
+    taskset: TaskSet,
+    ctx: RelateContext,
+    data: DataConfig | Mapping[str, Any] | None = None,
+    n_subsets: int | None = None,
+    fraction: float = 0.5,
+    repeats: int = 1,
+    seed: int = 0,
+    seed_repeats: int = 0,
+) -> Relatedness:
+    """Datamodel (additive) transfer by retraining on random task subsets (registry entry
+    ``subsets``): ``n_subsets`` trainings per repeat, each on a random subset of the tasks
+    (every task in ``fraction`` of them, see :func:`balanced_membership`); ``R[i, j]`` is
+    minus the coefficient of j's membership in a linear model of i's test loss
+    (:func:`datamodel_matrix`); diagonal 0. ``n_subsets`` defaults to
+    ``ceil(2 (T + 1) / fraction)``. ``repeats``, ``seed``, ``seed_repeats``: see
+    :func:`resampled_ground_truth`.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1), or too few subsets per target to fit its
+            ``T`` coefficients (needs ``round(fraction * n_subsets) >= T + 1``).
+    """
+    n = len(taskset)
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"subsets: fraction must lie in (0, 1), got {fraction}")
+    m = n_subsets if n_subsets is not None else math.ceil(2 * (n + 1) / fraction)
+    if round(fraction * m) < n + 1:
+        raise ConfigError(
+            f"subsets: n_subsets={m} with fraction={fraction} puts each target in "
+            f"{round(fraction * m)} subsets; expected at least T + 1 = {n + 1} to fit its "
+            f"coefficients (raise n_subsets to >= {math.ceil((n + 1.5) / fraction)})"
+        )
+    units = (
+        "decrease of the target's mean test loss per presence of the source in a random "
+        "task subset (linear datamodel, retrained); positive: the source helps; diagonal 0"
+    )
+    return resampled_ground_truth(
+        taskset,
+        ctx,
+        "subsets",
+        units,
+        _subsets_design(m, fraction),
+        data,
+        repeats,
+        seed,
+        seed_repeats,
+    )
+
+
+def _subset_table(
+    subsets: Sequence[Sequence[int]], runs: Sequence[Mapping[str, Any]], n: int
+) -> np.ndarray:
+    """``(M, T)`` test losses of subset runs, NaN where a task was not trained."""
+    out = np.full((len(subsets), n), np.nan)
+    for m, (s, r) in enumerate(zip(subsets, runs, strict=True)):
+        out[m, list(s)] = r["test_loss"]
+    return out
 
 
 def task_subset_losses(
@@ -376,10 +645,7 @@ def task_subset_losses(
             raise DataError(f"task subset {s} must be non-empty positions in [0, {n})")
     with Retrainer(taskset, ctx, data) as rt:
         runs = rt.run([{"tasks": s} for s in clean])
-    out = np.full((len(clean), n), np.nan)
-    for m, (s, r) in enumerate(zip(clean, runs, strict=True)):
-        out[m, s] = r["test_loss"]
-    return out
+    return _subset_table(clean, runs, n)
 
 
 def sample_train_ids(taskset: TaskSet, n: int, seed: int = 0) -> np.ndarray:

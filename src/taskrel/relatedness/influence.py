@@ -21,15 +21,21 @@ Solvers (one interface, :class:`Solver`):
   ``x <- b + (I - (H + damping) / scale) x`` (full-batch products, so deterministic).
 
 Each solve returns a :class:`SolveReport` (damping used, extreme-eigenvalue estimates,
-whether the Hessian looked positive definite, iterations, relative residual) and warns with
-:class:`NotPositiveDefiniteWarning` when the Hessian is not positive definite.
+whether the Hessian looked positive definite, iterations and whether the iterative
+solvers stopped at ``max_iter``, relative residual) and gives a one-line
+:func:`taskrel.notices.notice` when the Hessian is not positive definite or an iterative
+solver stopped at ``max_iter`` before reaching its tolerance.
+
+Memory: an explicit solve holds dense matrices, so callers check its size against a
+budget first (:func:`memory_budget_gb`, :func:`check_memory`) and fall back to CG.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-import warnings
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,12 +45,63 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from taskrel.errors import ConfigError
+from taskrel.notices import notice
+
 Damping = float | Literal["auto"]
 AUTO_DAMPING_FLOOR = 1e-3  # "auto" lifts the smallest eigenvalue to this fraction of the largest
 
 
-class NotPositiveDefiniteWarning(UserWarning):
-    """The Hessian (plus damping) is not positive definite: influence scores are unreliable."""
+DEFAULT_BUDGET_FRACTION = 1 / 8  # of physical memory
+DEFAULT_BUDGET_CAP_GB = 4.0
+GB = 1e9  # bytes
+
+
+# -- memory budget ---------------------------------------------------------------------------
+def physical_memory_bytes() -> int | None:
+    """Installed physical memory in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_budget_gb(budget_gb: float | None = None) -> float:
+    """The memory (GB = 1e9 bytes) an explicit solve may use: ``budget_gb`` as given, else
+    1/8 of physical memory capped at 4 GB (2 GB where physical memory is unknown).
+
+    Raises:
+        ConfigError: ``budget_gb`` is not a positive number."""
+    if budget_gb is None:
+        phys = physical_memory_bytes()
+        if phys is None:
+            return 2.0
+        return min(DEFAULT_BUDGET_FRACTION * phys / GB, DEFAULT_BUDGET_CAP_GB)
+    if isinstance(budget_gb, bool) or not isinstance(budget_gb, int | float) or budget_gb <= 0:
+        raise ConfigError(f"memory_budget_gb must be a number > 0 (GB), got {budget_gb!r}")
+    return float(budget_gb)
+
+
+def dense_solve_bytes(dim: int, itemsize: int = 8) -> int:
+    """Estimated peak bytes of an explicit dense solve of a ``(dim, dim)`` system: the
+    matrix, its symmetrised copy, the eigenvectors and the eigensolver's workspace
+    (4 matrices)."""
+    return 4 * dim * dim * itemsize
+
+
+def check_memory(what: str, nbytes: int, budget_gb: float, hint: str) -> None:
+    """Raise a one-line :class:`ConfigError` when ``nbytes`` exceed ``budget_gb``.
+
+    Args:
+        what: the request, e.g. ``"solver='explicit' (dense Hessian of 53,864 parameters)"``.
+        nbytes: its estimated memory.
+        budget_gb: the budget (GB).
+        hint: what to do instead."""
+    if nbytes > budget_gb * GB:
+        raise ConfigError(
+            f"{what} needs about {nbytes / GB:.3g} GB, over the memory budget of "
+            f"{budget_gb:.3g} GB (memory_budget_gb); {hint}"
+        )
 
 
 # -- flat parameter vectors ------------------------------------------------------------------
@@ -164,11 +221,18 @@ class SymmetricOperator(ABC):
         """``H @ v`` for ``v`` of shape ``(p, k)``."""
 
     def dense(self, chunk_size: int = 256) -> Tensor:
-        """The ``(p, p)`` matrix, built from products with identity columns."""
-        eye = torch.eye(self.dim, dtype=self.dtype)
-        cols = [self.matvec(eye[:, s : s + chunk_size]) for s in range(0, self.dim, chunk_size)]
+        """The ``(p, p)`` matrix, built from products with identity columns (only
+        ``chunk_size`` of them exist at a time)."""
+        cols = []
+        for s in range(0, self.dim, chunk_size):
+            width = min(chunk_size, self.dim - s)
+            eye = torch.zeros(self.dim, width, dtype=self.dtype)
+            eye[torch.arange(s, s + width), torch.arange(width)] = 1.0
+            cols.append(self.matvec(eye))
         h = torch.cat(cols, dim=1)
-        return 0.5 * (h + h.T)
+        del cols
+        h += h.T.clone()
+        return h.mul_(0.5)
 
     def extreme_eigenvalues(self, seed: int = 0) -> tuple[float, float]:
         """Estimates of the smallest and largest eigenvalue (Lanczos by default)."""
@@ -282,8 +346,9 @@ class SolveReport:
     ``min_eig``/``max_eig`` are estimates of the Hessian's extreme eigenvalues before
     damping (exact for dense small models, Lanczos otherwise); ``positive_definite`` says
     whether ``H + damping * I`` was found positive definite (factorisation, eigenvalues,
-    or no negative curvature met by CG); ``rel_residual`` is
-    ``max_k ||(H + damping) x_k - b_k|| / ||b_k||``."""
+    or no negative curvature met by CG); ``iterations``/``max_iter_hit``: iterations of an
+    iterative solver and whether it stopped at ``max_iter`` before its tolerance (None for
+    direct solvers); ``rel_residual`` is ``max_k ||(H + damping) x_k - b_k|| / ||b_k||``."""
 
     solver: str
     damping: float
@@ -291,6 +356,7 @@ class SolveReport:
     max_eig: float
     positive_definite: bool
     iterations: int | None = None
+    max_iter_hit: bool | None = None
     rel_residual: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -305,8 +371,18 @@ def resolve_damping(damping: Damping, min_eig: float, max_eig: float) -> float:
         if min_eig > 0:
             return 0.0
         return -min_eig + AUTO_DAMPING_FLOOR * max(abs(max_eig), 1e-12)
-    if not isinstance(damping, int | float) or damping < 0:
-        raise ValueError(f"damping must be a number >= 0 or 'auto', got {damping!r}")
+    return check_damping(damping)
+
+
+def check_damping(damping: Damping) -> float:
+    """``damping`` as a float (``"auto"``: NaN, resolved later).
+
+    Raises:
+        ConfigError: neither a number >= 0 nor ``"auto"``."""
+    if damping == "auto":
+        return math.nan
+    if isinstance(damping, bool) or not isinstance(damping, int | float) or not damping >= 0:
+        raise ConfigError(f"damping must be a number >= 0 or 'auto', got {damping!r}")
     return float(damping)
 
 
@@ -316,6 +392,7 @@ class Solver(ABC):
     name: str = "solver"
 
     def __init__(self, damping: Damping = "auto") -> None:
+        check_damping(damping)
         self.damping = damping
 
     def solve(
@@ -327,8 +404,8 @@ class Solver(ABC):
         """Solutions ``(p, k)`` and a :class:`SolveReport`.
 
         With ``diagnose`` (default) the extreme eigenvalues are estimated, ``"auto"``
-        damping resolved, the residual measured, and a :class:`NotPositiveDefiniteWarning`
-        issued when the Hessian is not positive definite. ``diagnose=False`` (repeated
+        damping resolved, the residual measured, and a one-line notice given (and noted
+        in the report) when the Hessian is not positive definite. ``diagnose=False`` (repeated
         solves with a numeric damping) skips the estimates the solver does not need."""
         if diagnose or self.damping == "auto" or self.needs_spectrum:
             lo, hi = op.extreme_eigenvalues()
@@ -336,18 +413,35 @@ class Solver(ABC):
             lo = hi = math.nan
         damping = resolve_damping(self.damping, lo, hi)
         x, report = self._solve(op, rhs, damping, lo, hi)
+        return self._finish(op, rhs, x, report, diagnose)
+
+    def _finish(
+        self,
+        op: SymmetricOperator,
+        rhs: Tensor,
+        x: Tensor,
+        report: SolveReport,
+        diagnose: bool,
+    ) -> tuple[Tensor, SolveReport]:
+        """Notices for ``max_iter`` and (with ``diagnose``) the residual and the
+        positive-definiteness notice, from the report's damping and eigenvalues."""
+        damping, lo, hi = report.damping, report.min_eig, report.max_eig
+        if report.max_iter_hit:
+            notice(
+                f"{self.name} solver stopped at max_iter={report.iterations} before reaching "
+                "its tolerance; raise solver_options max_iter or the damping"
+            )
+            report.notes.append("stopped at max_iter")
         if not diagnose:
             return x, report
         residual = op.matvec(x) + damping * x - rhs
         scale = rhs.norm(dim=0).clamp(min=1e-300)
         report.rel_residual = float((residual.norm(dim=0) / scale).max()) if rhs.numel() else 0.0
         if lo <= 0 or not report.positive_definite:
-            warnings.warn(
-                f"{self.name}: the Hessian is not positive definite (smallest eigenvalue "
-                f"estimate {lo:.3g}, largest {hi:.3g}); damping {damping:.3g} used. Influence "
-                "scores of a non-convex model at a non-minimum are approximate.",
-                NotPositiveDefiniteWarning,
-                stacklevel=2,
+            notice(
+                f"{self.name} solver: the Hessian is not positive definite (smallest "
+                f"eigenvalue estimate {lo:.3g}, largest {hi:.3g}); damping {damping:.3g} used; "
+                "influence scores of a non-convex model are approximate"
             )
             report.notes.append("Hessian not positive definite")
         return x, report
@@ -388,8 +482,21 @@ class CGSolver(Solver):
     columns advanced together (one batched Hessian-vector product per iteration).
 
     Stops when every column's residual is below ``tol * ||b||`` or after ``max_iter``
-    iterations. Meeting ``p^T (H + damping) p <= 0`` means negative curvature: the
-    report then says the Hessian is not positive definite."""
+    iterations. Meeting ``p^T (H + damping) p <= 0`` means negative curvature: that column
+    stops and the report says the Hessian is not positive definite.
+
+    Eigenvalue estimates (``spectrum="cg"``, default) come from CG's own coefficients:
+    CG is Lanczos in disguise, the Lanczos tridiagonal of column c has diagonal
+    ``1/alpha_i + beta_{i-1}/alpha_{i-1}`` and off-diagonal ``sqrt(beta_i)/alpha_i``, so
+    its extreme eigenvalues (Ritz values, over all columns) estimate ``H``'s at no extra
+    Hessian-vector product; a direction of negative curvature bounds ``lambda_min`` by its
+    Rayleigh quotient. With ``damping="auto"`` CG runs undamped first; only if it finds
+    the Hessian not positive definite does the separate Lanczos run estimate the spectrum
+    (CG stops at negative curvature, before it has seen ``lambda_min``) and CG run again
+    with the resolved damping. The estimates cover the Krylov spaces of the
+    right-hand sides only (a CG that converges in few steps sees little of the spectrum):
+    ``spectrum="lanczos"`` runs the separate 60-step Lanczos from a random start instead.
+    """
 
     name = "cg"
 
@@ -398,10 +505,34 @@ class CGSolver(Solver):
         damping: Damping = "auto",
         tol: float = 1e-10,
         max_iter: int = 1000,
+        spectrum: Literal["cg", "lanczos"] = "cg",
     ) -> None:
         super().__init__(damping)
+        if spectrum not in ("cg", "lanczos"):
+            raise ConfigError(f"cg option spectrum must be 'cg' or 'lanczos', got {spectrum!r}")
         self.tol = tol
         self.max_iter = max_iter
+        self.spectrum = spectrum
+
+    def solve(
+        self,
+        op: SymmetricOperator,
+        rhs: Tensor,
+        diagnose: bool = True,
+    ) -> tuple[Tensor, SolveReport]:
+        if self.spectrum == "lanczos" or not (diagnose or self.damping == "auto"):
+            return super().solve(op, rhs, diagnose)
+        damping = 0.0 if self.damping == "auto" else check_damping(self.damping)
+        x, report = self._solve(op, rhs, damping, math.nan, math.nan)
+        lo, hi = report.min_eig, report.max_eig
+        if self.damping == "auto" and not (lo > 0 and report.positive_definite):
+            # CG stops at negative curvature, before its Krylov space shows lambda_min
+            full_lo, full_hi = op.extreme_eigenvalues()
+            lo, hi = min(lo, full_lo), max(hi, full_hi)
+            damping = resolve_damping("auto", lo, hi)
+            x, report = self._solve(op, rhs, damping, lo, hi)
+        report.min_eig, report.max_eig = lo, hi
+        return self._finish(op, rhs, x, report, diagnose)
 
     def _solve(
         self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
@@ -411,25 +542,72 @@ class CGSolver(Solver):
         d = r.clone()
         rs = (r * r).sum(0)
         target = (self.tol * rhs.norm(dim=0)) ** 2
-        negative = False
+        stopped = torch.zeros_like(rs, dtype=torch.bool)  # met negative curvature
+        rayleigh = torch.full_like(rs, math.inf)  # d^T (H + damping) d / ||d||^2 there
+        alphas: list[Tensor] = []
+        betas: list[Tensor] = []
+        steps: list[Tensor] = []  # which columns took each iteration
         it = 0
         while it < self.max_iter:
-            active = rs > target
+            active = (rs > target) & ~stopped
             if not bool(active.any()):
                 break
             it += 1
             hd = op.matvec(d) + damping * d
             curv = (d * hd).sum(0)
-            negative |= bool(((curv <= 0) & active).any())
-            alpha = torch.where(
-                active & (curv > 0), rs / curv.clamp(min=1e-300), torch.zeros_like(rs)
-            )
+            bad = (curv <= 0) & active
+            rayleigh = torch.where(bad, curv / (d * d).sum(0).clamp(min=1e-300), rayleigh)
+            stopped |= bad
+            active = active & ~bad
+            alpha = torch.where(active, rs / curv.clamp(min=1e-300), torch.zeros_like(rs))
             x = x + alpha * d
             r = r - alpha * hd
             rs_new = (r * r).sum(0)
-            d = r + torch.where(active, rs_new / rs.clamp(min=1e-300), torch.zeros_like(rs)) * d
-            rs = rs_new
-        return x, SolveReport(self.name, damping, lo, hi, not negative, iterations=it)
+            beta = torch.where(active, rs_new / rs.clamp(min=1e-300), torch.zeros_like(rs))
+            d = r + beta * d
+            rs = torch.where(active, rs_new, rs)
+            alphas.append(alpha)
+            betas.append(beta)
+            steps.append(active)
+        if math.isnan(lo):
+            lo, hi = _ritz_extremes(alphas, betas, steps)
+            least = float(rayleigh.min())
+            if math.isnan(lo):  # every column met negative curvature at once
+                lo, hi = least, abs(least)
+            lo, hi = min(lo, least) - damping, hi - damping
+        hit = bool(((rs > target) & ~stopped).any())
+        return x, SolveReport(
+            self.name,
+            damping,
+            lo,
+            hi,
+            not bool(stopped.any()),
+            iterations=it,
+            max_iter_hit=hit,
+        )
+
+
+def _ritz_extremes(
+    alphas: Sequence[Tensor], betas: Sequence[Tensor], steps: Sequence[Tensor]
+) -> tuple[float, float]:
+    """Extreme Ritz values over all columns from CG's step sizes ``alphas`` and ratios
+    ``betas`` (one ``(k,)`` tensor per iteration; ``steps`` marks the columns that took
+    it). NaN/NaN when no column took a step."""
+    lo, hi = math.inf, -math.inf
+    if not alphas:
+        return math.nan, math.nan
+    a, b, m = torch.stack(list(alphas)), torch.stack(list(betas)), torch.stack(list(steps))
+    for c in range(a.shape[1]):
+        ac, bc = a[m[:, c], c], b[m[:, c], c]
+        if ac.numel() == 0:
+            continue
+        diag = 1.0 / ac
+        diag[1:] += bc[:-1] / ac[:-1]
+        off = bc[:-1].clamp(min=0).sqrt() / ac[:-1]
+        t = torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+        ev = torch.linalg.eigvalsh(t)
+        lo, hi = min(lo, float(ev[0])), max(hi, float(ev[-1]))
+    return (lo, hi) if math.isfinite(lo) else (math.nan, math.nan)
 
 
 class LissaSolver(Solver):
@@ -477,7 +655,14 @@ class LissaSolver(Solver):
             h = h + step
             change = float((step.norm(dim=0) / h.norm(dim=0).clamp(min=1e-300)).max())
         return h / scale, SolveReport(
-            self.name, damping, lo, hi, lo + damping > 0, iterations=it, notes=notes
+            self.name,
+            damping,
+            lo,
+            hi,
+            lo + damping > 0,
+            iterations=it,
+            max_iter_hit=change >= self.tol,
+            notes=notes,
         )
 
 
@@ -489,11 +674,21 @@ SOLVERS: dict[str, type[Solver]] = {
 
 
 def make_solver(name: str | Solver, damping: Damping = "auto", **options: Any) -> Solver:
-    """A solver by name (``explicit``, ``cg``, ``lissa``) or an instance as given."""
+    """A solver by name (``explicit``, ``cg``, ``lissa``) or an instance as given.
+
+    Raises:
+        ConfigError: an unknown solver, an option it does not take, or a bad damping."""
     if isinstance(name, Solver):
         return name
-    if name not in SOLVERS:
-        from taskrel.errors import ConfigError
-
+    if not isinstance(name, str) or name not in SOLVERS:
         raise ConfigError(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
-    return SOLVERS[name](damping, **options)
+    cls = SOLVERS[name]
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p not in ("self", "damping")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"solver_options {unknown} are not options of the {name!r} solver "
+            f"(accepted: {', '.join(accepted) or 'none'})"
+        )
+    return cls(damping, **options)

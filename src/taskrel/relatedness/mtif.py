@@ -25,13 +25,20 @@ block-arrow shaped; with soft sharing ``H`` is block-diagonal plus the coupling
 Laplacian, which an auxiliary "consensus" block turns into the same block-arrow form. Both
 are solved by one Schur-complement factorisation (:class:`BlockArrow`); per-example
 gradients are taken only over the parameters a task's loss touches.
+
+Solver choice (``solver="auto"``, the default): the structured explicit solve while its
+blocks fit the memory budget (:func:`influence.memory_budget_gb`), else conjugate
+gradients on Hessian-vector products, which need ``O(p)`` memory. The choice and the
+estimates are recorded in ``meta['solver_plan']``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from functools import cached_property, partial
 from typing import Any, Literal
 
@@ -40,27 +47,44 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
+from taskrel import notices
 from taskrel.data.taskset import SplitName, TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.models.base import MTLModel
 from taskrel.models.sharing import HardSharing, SoftSharing
+from taskrel.progress import progress
+from taskrel.relatedness import woodbury
+from taskrel.relatedness.adapter import ModuleAdapter
 from taskrel.relatedness.influence import (
+    AUTO_DAMPING_FLOOR,
+    GB,
+    SOLVERS,
+    CGSolver,
     Damping,
     ExampleLoss,
+    ExplicitSolver,
     Factor,
     HessianOperator,
     ParamSpace,
     Solver,
     SolveReport,
     SymmetricOperator,
+    check_damping,
+    check_memory,
+    dense_solve_bytes,
+    hvp,
     lanczos_extremes,
     make_solver,
+    memory_budget_gb,
     per_example_grads,
 )
 from taskrel.relatedness.result import Relatedness
 
 Weighting = Literal["fixed", "renormalized"]
 TaskLevel = Literal["first-order", "newton"]
+InstanceKind = Literal["first-order", "leverage"]
+STATIONARY_RTOL = 1e-3  # ||grad J|| above this fraction of the largest task gradient: notice
+PD_RTOL = 1e-10  # smallest eigenvalue must exceed this fraction of the largest to count as PD
 UNITS = (
     "predicted change of the target task's mean test loss when the source's training "
     "data are removed (loss units); positive: the source helps the target"
@@ -101,6 +125,7 @@ class MTLFunctions:
         self.space = ParamSpace.from_params(params)
         self.theta = self.space.flatten(params)
         self._loss = _Method(model, "loss")
+        self._forward = _Method(model, "forward")
         self._penalty = _Method(model, "penalty")
         self.train = [self._tensors(task.arrays("train"), dtype) for task in taskset.tasks]
         self.test = [self._tensors(task.arrays("test"), dtype) for task in taskset.tasks]
@@ -122,6 +147,10 @@ class MTLFunctions:
     def losses(self, theta: Tensor, task: int, x: Tensor, y: Tensor) -> Tensor:
         """Per-example losses ``(b,)`` of task ``task`` at ``theta``."""
         return functional_call(self._loss, self._params(theta), (x, y, task))
+
+    def outputs(self, theta: Tensor, task: int, x: Tensor) -> Tensor:
+        """Outputs of task ``task`` at ``theta`` (as :meth:`MTLModel.forward`)."""
+        return functional_call(self._forward, self._params(theta), (x, task))
 
     def mean_loss(self, theta: Tensor, task: int, split: SplitName = "train") -> Tensor:
         """Mean loss of ``task`` over ``split`` (``G_t`` for train, ``L_t`` for test)."""
@@ -232,6 +261,26 @@ class BlockArrow(SymmetricOperator):
             return float(ev[0]), float(ev[-1])
         return lanczos_extremes(self, seed=seed)
 
+    def add_diagonal(self, coords: Tensor, value: float) -> None:
+        """Add ``value`` to the diagonal at the flat positions ``coords`` (in place; the
+        positions must lie in task blocks, or in the shared block when it is not
+        auxiliary)."""
+        found = 0
+        for t, where in enumerate(self.task_coords):
+            pos = torch.nonzero(torch.isin(where, coords)).flatten()
+            if pos.numel():  # blocks may be views of cached Hessians: copy first
+                self.blocks[t] = self.blocks[t].clone()
+                self.blocks[t][pos, pos] += value
+                found += pos.numel()
+        if not self.auxiliary and self.shared_coords is not None:
+            pos = torch.nonzero(torch.isin(self.shared_coords, coords)).flatten()
+            if pos.numel():
+                self.shared = self.shared.clone()
+                self.shared[pos, pos] += value
+                found += pos.numel()
+        if found != coords.numel():
+            raise ValueError("add_diagonal: positions outside the block system")
+
     def factorize(self, damping: float) -> Factor:
         blocks = [a + damping * torch.eye(a.shape[0], dtype=a.dtype) for a in self.blocks]
         q = self.shared.shape[0]
@@ -279,6 +328,7 @@ class Structure(ABC):
     def __init__(self, fns: MTLFunctions) -> None:
         self.fns = fns
         self.n_tasks = fns.n_tasks
+        self.budget_bytes = math.inf  # memory the (p, p) penalty Hessian may take
 
     @abstractmethod
     def local_names(self, task: int) -> list[str]:
@@ -290,21 +340,61 @@ class Structure(ABC):
     @cached_property
     def local_hessians(self) -> list[tuple[Tensor, Tensor]]:
         """Per task ``(D_t, P_t)``: Hessians of ``G_t`` and of the penalty over the task's
-        local coordinates, each ``(p_local, p_local)``. One batched Hessian-vector product
-        per task (all local directions at once), one for the penalty."""
+        local coordinates, each ``(p_local, p_local)``, from batched Hessian-vector
+        products of the functions restricted to those coordinates. The penalty's come
+        from one ``(p, p)`` Hessian while it fits :attr:`budget_bytes` next to the blocks
+        (fewer products), else from the penalty restricted to each task's coordinates."""
         fns = self.fns
-        penalty = HessianOperator(fns.penalty, fns.theta, chunk_size=512).dense()
+        p, size = fns.space.numel, fns.theta.element_size()
+        full = None
+        if 3 * p * p * size + self.structured_bytes(size) <= self.budget_bytes:
+            full = HessianOperator(fns.penalty, fns.theta, chunk_size=512).dense()
         out = []
-        for t in range(self.n_tasks):
-            coords = self.local_coords(t)
-            fn = fns.restrict(partial(fns.mean_loss, task=t), coords)
-            data = HessianOperator(fn, fns.theta[coords], chunk_size=512).dense()
-            out.append((data, penalty[coords][:, coords]))
+        with progress("MTIF: Hessian blocks", "tasks", self.n_tasks) as report:
+            for t in range(self.n_tasks):
+                coords = self.local_coords(t)
+                local = fns.theta[coords]
+                fn = fns.restrict(partial(fns.mean_loss, task=t), coords)
+                data = HessianOperator(fn, local, chunk_size=512).dense()
+                if full is not None:
+                    pen = full[coords][:, coords]
+                else:
+                    penalty = fns.restrict(fns.penalty, coords)
+                    pen = HessianOperator(penalty, local, chunk_size=512).dense()
+                out.append((data, pen))
+                report(t + 1)
         return out
 
     @abstractmethod
-    def block_system(self, without: int | None = None) -> BlockArrow:
-        """``H`` (or ``H - H_j`` with ``without=j``: task j's data term removed)."""
+    def block_sizes(self) -> tuple[int, list[int]]:
+        """``(q, [p_t])``: size of the shared (or auxiliary consensus) block and of each
+        task block of :meth:`block_system`."""
+
+    def structured_bytes(self, itemsize: int = 8) -> int:
+        """Estimated peak bytes of the structured explicit solve: the local Hessians
+        (data and penalty, ``2 sum_t n_t^2`` with ``n_t`` the local size), the block system
+        and its factorisation (twice ``q^2 + sum_t (p_t q + p_t^2)``), and the transient
+        copies while one local Hessian is formed (``3 max_t n_t^2``)."""
+        q, sizes = self.block_sizes()
+        local = [self.local_coords(t).numel() for t in range(self.n_tasks)]
+        blocks = q * q + sum(b * q + b * b for b in sizes)
+        return itemsize * (2 * sum(n * n for n in local) + 2 * blocks + 3 * max(local) ** 2)
+
+    @abstractmethod
+    def block_system(
+        self, without: int | None = None, weights: Sequence[float] | None = None
+    ) -> BlockArrow:
+        """``H`` (or ``H - H_j`` with ``without=j``: task j's data term removed; with
+        ``weights``, the Hessian of ``sum_t w_t G_t + penalty``)."""
+
+    def data_weights(
+        self, without: int | None = None, weights: Sequence[float] | None = None
+    ) -> list[float]:
+        """Per task weight of its data term (``without``: that task's set to 0)."""
+        w = [1.0] * self.n_tasks if weights is None else [float(v) for v in weights]
+        if without is not None:
+            w[without] = 0.0
+        return w
 
 
 class HardStructure(Structure):
@@ -319,14 +409,23 @@ class HardStructure(Structure):
     def local_names(self, task: int) -> list[str]:
         return self.shared_names + self.fns.model.task_parameter_names(task)
 
-    def block_system(self, without: int | None = None) -> BlockArrow:
+    def block_sizes(self) -> tuple[int, list[int]]:
+        space = self.fns.space
+        names = self.fns.model.task_parameter_names
+        sizes = [space.indices(names(t)).numel() for t in range(self.n_tasks)]
+        return space.indices(self.shared_names).numel(), sizes
+
+    def block_system(
+        self, without: int | None = None, weights: Sequence[float] | None = None
+    ) -> BlockArrow:
         q = self.fns.space.indices(self.shared_names).numel()
         shared = self.local_hessians[0][1][:q, :q].clone()  # penalty on the shared block
         cross, blocks, coords = [], [], []
+        w = self.data_weights(without, weights)
         for t, (data, pen) in enumerate(self.local_hessians):
-            local = pen if t == without else data + pen
-            if t != without:
-                shared = shared + data[:q, :q]
+            local = pen if w[t] == 0.0 else w[t] * data + pen
+            if w[t] != 0.0:
+                shared = shared + w[t] * data[:q, :q]
             cross.append(local[q:, :q])
             blocks.append(local[q:, q:])
             coords.append(self.fns.space.indices(self.fns.model.task_parameter_names(t)))
@@ -351,6 +450,10 @@ class SoftStructure(Structure):
 
     def local_names(self, task: int) -> list[str]:
         return self.fns.model.task_parameter_names(task)
+
+    def block_sizes(self) -> tuple[int, list[int]]:
+        sizes = [self.local_coords(t).numel() for t in range(self.n_tasks)]
+        return self.coupled_positions[0].numel(), sizes
 
     @cached_property
     def coupling(self) -> float:
@@ -382,14 +485,17 @@ class SoftStructure(Structure):
             )
         return out
 
-    def block_system(self, without: int | None = None) -> BlockArrow:
+    def block_system(
+        self, without: int | None = None, weights: Sequence[float] | None = None
+    ) -> BlockArrow:
         lam = self.coupling
         q = self.coupled_positions[0].numel()
         dtype = self.fns.theta.dtype
         shared = torch.eye(q, dtype=dtype) / lam if q else torch.zeros(0, 0, dtype=dtype)
         cross, blocks, coords = [], [], []
+        w = self.data_weights(without, weights)
         for t, (data, pen) in enumerate(self.local_hessians):
-            block = pen if t == without else data + pen
+            block = pen if w[t] == 0.0 else w[t] * data + pen
             pos = self.coupled_positions[t]
             block = block.clone()
             block[pos, pos] += lam  # lambda (T - 1) from the penalty + lambda = lambda T
@@ -403,13 +509,127 @@ class SoftStructure(Structure):
 
 def structure_for(fns: MTLFunctions) -> Structure:
     """The structure strategy of the model (hard sharing, soft sharing or single-task)."""
-    if isinstance(fns.model, HardSharing):
+    if isinstance(fns.model, HardSharing | ModuleAdapter):
         return HardStructure(fns)
     if isinstance(fns.model, SoftSharing):
         return SoftStructure(fns)
-    raise ConfigError(
-        f"mtif supports the hard, soft and stl models, not {type(fns.model).__name__!r}"
+    raise NotApplicableError(
+        f"mtif supports the hard, soft and stl models and plain modules wrapped in "
+        f"taskrel.relatedness.adapter.ModuleAdapter, not {type(fns.model).__name__!r}"
     )
+
+
+WOODBURY_RATIO = 4  # "auto" prefers the sample space when R * WOODBURY_RATIO <= p
+
+
+@dataclass(frozen=True)
+class SolverPlan:
+    """Which solver runs and why: the request, the choice, and the memory estimates (GB)
+    of the explicit solves next to the budget. Recorded in ``meta['solver_plan']``.
+
+    ``sample_rows`` is the sample-space dimension ``R = sum_t n_t C`` and ``woodbury_gb``
+    its solve's memory when the Woodbury solver applies (else None, with the reason in
+    ``woodbury_not_applicable``)."""
+
+    requested: str
+    solver: str
+    structured: bool
+    n_params: int
+    dense_gb: float
+    structured_gb: float
+    budget_gb: float
+    sample_rows: int | None = None
+    woodbury_gb: float | None = None
+    woodbury_not_applicable: str | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_solver(
+    structure: Structure,
+    solver: str | Solver = "auto",
+    structured: bool | None = None,
+    budget_gb: float | None = None,
+    itemsize: int = 8,
+) -> SolverPlan:
+    """Choose the solver under a memory budget, before anything large is allocated.
+
+    ``"auto"``: the sample-space (Woodbury) solve when it applies (a model linear in its
+    parameters with a diagonal positive penalty), ``R * WOODBURY_RATIO <= p`` and it fits
+    ``budget_gb``; else the structured explicit solve if it fits, else the dense explicit
+    solve if ``structured=False`` was asked and it fits, else the Woodbury solve if it
+    applies, fits and ``R < p``, else CG on Hessian-vector products (``O(p)`` memory).
+    ``structured=None`` means structured for the explicit solver, flat Hessian-vector
+    products for the iterative ones (the Woodbury solver has its own structure).
+
+    Raises:
+        ConfigError: an explicit or Woodbury solve (or a structured iterative one) that
+            does not fit the budget (the message states its size and the budget), or
+            ``woodbury`` where it does not apply (the message says why).
+    """
+    budget = memory_budget_gb(budget_gb)
+    requested = solver.name if isinstance(solver, Solver) else solver
+    if not isinstance(requested, str) or requested not in ("auto", *SOLVERS):
+        raise ConfigError(
+            f"unknown solver {requested!r}; available: auto, {', '.join(SOLVERS)} "
+            "or a Solver instance"
+        )
+    if structured not in (None, True, False):
+        raise ConfigError(f"structured must be true, false or None, got {structured!r}")
+    n_params = structure.fns.space.numel
+    dense = dense_solve_bytes(n_params, itemsize)
+    blocks = structure.structured_bytes(itemsize)
+    reason = (
+        woodbury.not_applicable_reason(structure) if requested in ("auto", "woodbury") else None
+    )
+    rows = kernel = None
+    if requested in ("auto", "woodbury") and reason is None:
+        rows = woodbury.sample_rows(structure)
+        kernel = woodbury.woodbury_bytes(structure, itemsize)
+    kernel_fits = kernel is not None and kernel <= budget * GB
+    name = requested
+    if name == "auto":
+        if kernel_fits and rows is not None and rows * WOODBURY_RATIO <= n_params:
+            name, structured = "woodbury", False
+        elif structured is not False and blocks <= budget * GB:
+            name, structured = "explicit", True
+        elif structured is False and dense <= budget * GB:
+            name = "explicit"
+        elif kernel_fits and rows is not None and rows < n_params:
+            name, structured = "woodbury", False
+        else:
+            name = "cg"
+    if name == "woodbury":
+        if reason is not None:
+            raise ConfigError(f"solver='woodbury' does not apply to this model: {reason}")
+        if structured:
+            raise ConfigError("structured=True does not apply to solver='woodbury'")
+        assert kernel is not None
+        check_memory(
+            f"solver='woodbury' with {rows:,} sample-space rows",
+            kernel,
+            budget,
+            "use solver='auto' or 'cg', or raise memory_budget_gb",
+        )
+        return SolverPlan(
+            requested, name, False, n_params, dense / GB, blocks / GB, budget,
+            rows, kernel / GB, None,
+        )  # fmt: skip
+    use_blocks = (name == "explicit") if structured is None else structured
+    if use_blocks or name == "explicit":
+        kind = "structured (block-arrow)" if use_blocks else "dense"
+        check_memory(
+            f"solver={requested!r} with the {kind} Hessian of {n_params:,} parameters",
+            blocks if use_blocks else dense,
+            budget,
+            "use solver='auto' or 'cg' (Hessian-vector products, no dense matrix), "
+            "or raise memory_budget_gb",
+        )
+    return SolverPlan(
+        requested, name, use_blocks, n_params, dense / GB, blocks / GB, budget,
+        rows, None if kernel is None else kernel / GB, reason,
+    )  # fmt: skip
 
 
 # -- the estimator ---------------------------------------------------------------------------
@@ -419,7 +639,8 @@ class MTIF:
     Args:
         model: a trained :class:`HardSharing`, :class:`SoftSharing` or single-task model.
         taskset: the data it was trained on (train split) and is evaluated on (test).
-        solver: ``explicit``, ``cg``, ``lissa`` or a :class:`Solver` instance.
+        solver: ``auto`` (by size, see :func:`plan_solver`), ``explicit``, ``cg``,
+            ``lissa`` or a :class:`Solver` instance.
         damping: added to the Hessian's diagonal; ``"auto"``: 0 if positive definite,
             else enough to make it so (see :func:`influence.resolve_damping`).
         structured: solve with the block-arrow system (blocks formed explicitly) rather
@@ -427,38 +648,153 @@ class MTIF:
             explicit solver, False for the iterative ones.
         chunk_size: examples per chunk of per-example gradients (memory bound).
         dtype: precision of every influence computation.
-        solver_options: extra arguments of the solver (``tol``, ``max_iter``, ``scale``).
+        solver_options: extra arguments of the solver (``tol``, ``max_iter``, ``scale``;
+            with ``auto`` they are CG's, used if CG is chosen).
+        memory_budget_gb: memory an explicit solve may use (GB); default
+            :func:`influence.memory_budget_gb`.
+
+    Raises:
+        NotApplicableError: the model is not a hard, soft or single-task model.
+        ConfigError: a bad option, or an explicit solve over the memory budget (raised
+            here, before any Hessian is formed).
     """
 
     def __init__(
         self,
         model: MTLModel,
         taskset: TaskSet,
-        solver: str | Solver = "explicit",
+        solver: str | Solver = "auto",
         damping: Damping = "auto",
         structured: bool | None = None,
         chunk_size: int = 256,
         dtype: torch.dtype = torch.float64,
         solver_options: dict[str, Any] | None = None,
+        memory_budget_gb: float | None = None,
     ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        check_damping(damping)
         self.taskset = taskset
         self.fns = MTLFunctions(model, taskset, dtype)
         self.structure = structure_for(self.fns)
-        self.solver = make_solver(solver, damping, **(solver_options or {}))
-        self.structured = (self.solver.name == "explicit") if structured is None else structured
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.plan = plan_solver(self.structure, solver, structured, memory_budget_gb, itemsize)
+        self.structure.budget_bytes = self.plan.budget_gb * GB
+        options = dict(solver_options or {})
+        if self.plan.requested == "auto":  # validate for CG, pass only if CG was chosen
+            make_solver("cg", damping, **options)
+            options = options if self.plan.solver == "cg" else {}
+        chosen = solver if isinstance(solver, Solver) else self.plan.solver
+        self.solver = make_solver(chosen, damping, **options)
+        self.structured = self.plan.structured
+        self.sample_space = (
+            woodbury.SampleSpace(self.structure, chunk_size)
+            if self.plan.solver == "woodbury"
+            else None
+        )
         self.chunk_size = chunk_size
         self.timings: dict[str, float] = {}
+        self.caveats: list[str] = []  # notices given by the solves (e.g. not PD)
+        self.newton_diagnostics: dict[str, Any] | None = None
 
     @property
     def n_tasks(self) -> int:
         return self.fns.n_tasks
 
-    def operator(self, without: int | None = None) -> SymmetricOperator:
-        """``H`` (or ``H - H_j`` for ``without=j``) as the solver will see it."""
+    def operator(
+        self,
+        without: int | None = None,
+        weights: Sequence[float] | None = None,
+        pin: Tensor | None = None,
+        pin_value: float = 1.0,
+    ) -> SymmetricOperator:
+        """``H`` (or ``H - H_j`` for ``without=j``; the Hessian of ``sum_t w_t G_t +
+        penalty`` for ``weights``) as the solver will see it, plus ``pin_value`` on the
+        diagonal at the flat positions ``pin``."""
+        w = self.structure.data_weights(without, weights)
+        pinned = pin if pin is not None else torch.zeros(0, dtype=torch.long)
+        if self.sample_space is not None:
+            return self.sample_space.operator(w, pinned, pin_value)
         if self.structured:
-            return self.structure.block_system(without)
-        weights = [0.0 if t == without else 1.0 for t in range(self.n_tasks)]
-        return HessianOperator(lambda th: self.fns.objective(th, weights), self.fns.theta)
+            system = self.structure.block_system(weights=w)
+            system.add_diagonal(pinned, pin_value)
+            return system
+        theta = self.fns.theta
+
+        def objective(th: Tensor) -> Tensor:
+            extra = 0.5 * pin_value * (th[pinned] - theta[pinned]).pow(2).sum()
+            return self.fns.objective(th, w) + extra
+
+        return HessianOperator(objective, theta)
+
+    @cached_property
+    def _penalty_free(self) -> Tensor:
+        """``(p,)`` bool: coordinates the penalty does not touch (zero Hessian row; tested
+        on a random vector, exact zeros from autograd)."""
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(self.fns.space.numel, 1, generator=gen, dtype=self.fns.theta.dtype)
+        return hvp(self.fns.penalty, self.fns.theta, v)[:, 0] == 0
+
+    def orphaned(self, task: int) -> Tensor:
+        """Flat positions ``(k,)`` of task ``task``'s own parameters that nothing else
+        curves: no other task's loss and no penalty touches them (e.g. its head's bias, or
+        its whole head with ``l2_task=0``). Without the task they have zero curvature and
+        zero gradient, so the task-removed Newton step leaves them where they are."""
+        others = [self.structure.local_coords(t) for t in range(self.n_tasks) if t != task]
+        own = self.structure.local_coords(task)
+        if others:
+            own = own[~torch.isin(own, torch.cat(others))]
+        return own[self._penalty_free[own]]
+
+    @cached_property
+    def objective_gradient(self) -> Tensor:
+        """``(p,)``: ``grad J(theta_hat)`` (zero at an exact optimum)."""
+        return grad(self.fns.objective)(self.fns.theta)
+
+    @cached_property
+    def stationarity(self) -> dict[str, Any]:
+        """How close theta_hat is to a stationary point of ``J``: ``grad_norm`` =
+        ``||grad J||``; ``task_grad_scale`` = the largest per-task root-mean-square
+        per-example gradient norm, ``max_t (mean_{i in t} ||grad l_i||^2)^(1/2)`` (not
+        ``||grad G_t||``, which vanishes when every task fits its own data exactly, e.g.
+        unpenalised heads); ``relative`` their ratio; ``stationary`` = ``relative <=
+        STATIONARY_RTOL``. A notice is given when it is not stationary (influence
+        functions assume an optimum)."""
+        norm = float(self.objective_gradient.norm())
+        fns = self.fns
+        scale = 0.0
+        for t in range(self.n_tasks):
+            coords = self.structure.local_coords(t)
+            x, y = fns.train[t]
+            loss = fns.example_loss(t, coords)
+            sq = sum(
+                float(g.pow(2).sum())
+                for g in per_example_grads(loss, fns.theta[coords], x, y, self.chunk_size)
+            )
+            scale = max(scale, (sq / max(len(x), 1)) ** 0.5)
+        relative = norm / max(scale, 1e-300)
+        stationary = relative <= STATIONARY_RTOL
+        if not stationary:
+            notices.notice(
+                f"MTIF: the model is not at an optimum of its training objective "
+                f"(||grad J|| = {norm:.3g}, {relative:.3g} of the per-example gradient scale, "
+                f"tolerance {STATIONARY_RTOL:g}); scores assume a converged model: train "
+                "longer or with an exact optimizer"
+            )
+        return {
+            "grad_norm": norm,
+            "task_grad_scale": scale,
+            "relative": relative,
+            "stationary": stationary,
+        }
+
+    def _factor(self, op: SymmetricOperator, damping: float) -> Callable[[Tensor], Tensor]:
+        """Repeated solves with ``op + damping``: one factorisation for the direct solvers,
+        else the (iterative) solver per call."""
+        if isinstance(self.solver, ExplicitSolver):
+            return op.factorize(damping).solve
+        solver = self.solver.with_damping(damping)
+        return lambda rhs: solver.solve(op, rhs, diagnose=False)[0]
 
     def _task_gradients(self, split: SplitName) -> Tensor:
         """``(p, T)``: column t is the gradient of task t's mean ``split`` loss."""
@@ -486,7 +822,9 @@ class MTIF:
         op = self.operator()
         self.timings["hessian_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        u, report = self.solver.solve(op, self.test_gradients)
+        with notices.collect() as given:
+            u, report = self.solver.solve(op, self.test_gradients)
+        self.caveats.extend(given)
         self.timings["solve_s"] = time.perf_counter() - start
         return u, report
 
@@ -503,22 +841,78 @@ class MTIF:
         """First-order LOTO effects ``R[i, j] = grad L_i^T H^-1 grad G_j``, ``(T, T)``."""
         return (self.inverse_test_gradients.T @ self.train_gradients).numpy()
 
+    def _newton_solve(
+        self, op: SymmetricOperator, rhs: Tensor, damping: float
+    ) -> tuple[Tensor, SolveReport, float, float]:
+        """Solve one task-removed system with ``damping``, raised to ``-lambda_min +
+        1e-3 lambda_max`` when ``op + damping`` is not positive definite. Returns the
+        solution, its report and the eigenvalue estimates ``(lo, hi)`` of ``op``: from
+        CG's own coefficients when CG meets no negative curvature (no extra products),
+        else exact (small) or Lanczos estimates."""
+        lo = hi = math.nan
+        if isinstance(self.solver, CGSolver) and self.solver.spectrum == "cg":
+            step, solved = self.solver._solve(op, rhs, damping, math.nan, math.nan)
+            lo, hi = solved.min_eig, solved.max_eig
+            if solved.positive_definite and lo + damping > PD_RTOL * max(abs(hi), 1e-300):
+                return step, solved, lo, hi
+        full_lo, full_hi = op.extreme_eigenvalues()
+        lo = full_lo if math.isnan(lo) else min(lo, full_lo)
+        hi = full_hi if math.isnan(hi) else max(hi, full_hi)
+        if lo + damping <= PD_RTOL * max(abs(hi), 1e-300):
+            damping = -min(lo, 0.0) + AUTO_DAMPING_FLOOR * max(abs(hi), 1e-12)
+        step, solved = self.solver.with_damping(damping).solve(op, rhs, diagnose=False)
+        return step, solved, lo, hi
+
+    def _test_losses(self, theta: Tensor) -> Tensor:
+        """``(T,)`` mean test loss of every task at ``theta``."""
+        return torch.stack([self.fns.mean_loss(theta, i, "test") for i in range(self.n_tasks)])
+
     def newton_task_matrix(self) -> np.ndarray:
         """LOTO effects from the task-removed Newton step, ``(T, T)``:
-        ``R[i, j] = L_i(theta_hat + (H - H_j)^-1 grad G_j) - L_i(theta_hat)`` (same damping
-        as for ``H``)."""
+        ``R[i, j] = L_i(theta_hat + d_j) - L_i(theta_hat)`` with
+        ``d_j = (H - H_j + damping)^-1 (grad G_j - grad J)`` (the Newton step of
+        ``J - G_j`` from theta_hat; ``grad J`` = 0 at an exact optimum).
+
+        Task j's orphaned parameters (:meth:`orphaned`: e.g. its unpenalised head bias, or
+        its whole head with ``l2_task=0``) have no curvature in ``H - H_j``; they are held
+        at their trained values (exact: they are decoupled and their right-hand side is 0),
+        by a stand-in curvature ``lambda_max(H)`` on their diagonal. The damping is that of
+        ``H``, raised for a task whose remaining ``H - H_j`` is still not positive definite
+        (to ``-lambda_min + 1e-3 lambda_max``, as ``damping="auto"``) with a notice. Per
+        task eigenvalue estimates, positive definiteness, damping, iterations and the
+        number of held parameters go to :attr:`newton_diagnostics`."""
         start = time.perf_counter()
-        solver = self.solver.with_damping(self.report.damping)
         fns = self.fns
-        base = torch.stack([fns.mean_loss(fns.theta, i, "test") for i in range(self.n_tasks)])
+        base_damping = self.report.damping
+        pin_value = max(abs(self.report.max_eig), 1e-12)
+        rhs = self.train_gradients - self.objective_gradient[:, None]
+        base = self._test_losses(fns.theta)
         out = np.zeros((self.n_tasks, self.n_tasks))
-        for j in range(self.n_tasks):
-            step, _ = solver.solve(
-                self.operator(without=j), self.train_gradients[:, j : j + 1], diagnose=False
+        keys = ("min_eig", "max_eig", "positive_definite", "damping", "iterations", "held")
+        diag: dict[str, list[Any]] = {k: [] for k in keys}
+        with progress("MTIF: task-removed solves", "tasks", self.n_tasks) as report:
+            for j in range(self.n_tasks):
+                held = self.orphaned(j)
+                rhs[held, j] = 0.0  # exactly 0 already: only G_j touches them
+                op = self.operator(without=j, pin=held, pin_value=pin_value)
+                step, solved, lo, hi = self._newton_solve(op, rhs[:, j : j + 1], base_damping)
+                floor = PD_RTOL * max(abs(hi), 1e-300)
+                damping = solved.damping
+                moved = self._test_losses(fns.theta + step[:, 0])
+                out[:, j] = (moved - base).detach().numpy()
+                values = (lo, hi, lo > floor, damping, solved.iterations, held.numel())
+                for key, value in zip(keys, values, strict=True):
+                    diag[key].append(value)
+                report(j + 1)
+        self.newton_diagnostics = diag
+        bad = [self.taskset.names[j] for j, pd in enumerate(diag["positive_definite"]) if not pd]
+        if bad:
+            notices.notice(
+                f"MTIF Newton step: H - H_j is not positive definite when removing "
+                f"{', '.join(bad)} (smallest eigenvalue {min(diag['min_eig']):.3g}); damped "
+                f"up to {max(diag['damping']):.3g}; those columns of the Newton matrix are "
+                "approximate"
             )
-            theta = fns.theta + step[:, 0]
-            moved = torch.stack([fns.mean_loss(theta, i, "test") for i in range(self.n_tasks)])
-            out[:, j] = (moved - base).detach().numpy()
         self.timings["newton_s"] = time.perf_counter() - start
         return out
 
@@ -535,8 +929,13 @@ class MTIF:
         ]
         return torch.cat(chunks) / len(x)
 
-    def instance_scores(self, weighting: Weighting = "fixed") -> tuple[np.ndarray, np.ndarray]:
+    def instance_scores(
+        self, weighting: Weighting = "fixed", kind: InstanceKind = "first-order"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores of every training example on every target task.
+
+        ``kind="first-order"``: the influence function (see module docstring);
+        ``"leverage"``: the per-example Newton step, :meth:`leverage_scores`.
 
         Returns:
             ``(scores (N, T), ids (N, 2))``: ``scores[n, i]`` predicted change of task i's
@@ -545,18 +944,113 @@ class MTIF:
         """
         if weighting not in ("fixed", "renormalized"):
             raise ConfigError(f"weighting must be 'fixed' or 'renormalized', got {weighting!r}")
+        if kind not in ("first-order", "leverage"):
+            raise ConfigError(f"instance must be 'first-order' or 'leverage', got {kind!r}")
+        if kind == "leverage":
+            return self.leverage_scores(weighting)
         start = time.perf_counter()
         u = self.inverse_test_gradients
         parts = []
-        for j in range(self.n_tasks):
-            s = self._train_scores(j, u)
-            if weighting == "renormalized":
-                n = s.shape[0]
-                r = u.T @ self.train_gradients[:, j]  # (T,) first-order LOTO of task j
-                s = (s - r / n) * (n / (n - 1)) if n > 1 else torch.zeros_like(s)
-            parts.append(s)
+        with progress("MTIF: instance scores", "tasks", self.n_tasks) as report:
+            for j in range(self.n_tasks):
+                s = self._train_scores(j, u)
+                if weighting == "renormalized":
+                    n = s.shape[0]
+                    r = u.T @ self.train_gradients[:, j]  # (T,) first-order LOTO of task j
+                    s = (s - r / n) * (n / (n - 1)) if n > 1 else torch.zeros_like(s)
+                parts.append(s)
+                report(j + 1)
         self.timings["instance_s"] = time.perf_counter() - start
         return torch.cat(parts).numpy(), self.taskset.train_ids()
+
+    def leverage_scores(self, weighting: Weighting = "fixed") -> tuple[np.ndarray, np.ndarray]:
+        """Leverage-corrected instance scores: one Newton step per removed example.
+
+        Removing example z of task j (``n = n_j`` examples) changes the objective to
+        ``J - c l_z + beta c G_j`` with ``c = 1/n, beta = 0`` (``weighting="fixed"``) or
+        ``c = 1/(n-1), beta = 1`` (``"renormalized"``, retraining on the mean of the
+        ``n - 1`` others). Its Newton step from theta_hat is
+        ``d_z = (A_j - c H_z)^-1 (c (grad l_z - beta grad G_j) - grad J)`` with
+        ``A_j = H + beta c H_j`` (plus the damping of ``H``) and ``H_z = F_z^T F_z`` the
+        example's curvature (``F_z = S_z J_z``, ``C`` rows; exact for a model linear in
+        its parameters, the Gauss-Newton part otherwise). ``A_j - c H_z`` is a rank-``C``
+        update of ``A_j``, inverted by Woodbury's identity with the leverage matrix
+        ``I - c F_z A_j^-1 F_z^T`` (for squared loss ``1 - h_z``, ``h_z`` the leverage).
+        The score is the actual change ``L_i(theta_hat + d_z) - L_i(theta_hat)``.
+
+        Exact leave-one-out for squared loss on a linear model; one Newton step for
+        logistic/softmax. Cost: per task one factorisation of ``A_j`` (or the iterative
+        solver) applied to ``n_j (1 + C)`` right-hand sides, plus one test evaluation per
+        example.
+
+        Returns:
+            ``(scores (N, T), ids (N, 2))`` as :meth:`instance_scores`.
+        """
+        start = time.perf_counter()
+        fns = self.fns
+        damping = self.report.damping
+        beta = 1.0 if weighting == "renormalized" else 0.0
+        base = self._test_losses(fns.theta)
+        losses = torch.vmap(self._test_losses)
+        grad_j = self.objective_gradient
+        parts = []
+        full_solve = None
+        with progress("MTIF: leverage-corrected scores", "tasks", self.n_tasks) as report:
+            for j in range(self.n_tasks):
+                x, y = fns.train[j]
+                n = len(x)
+                if n < 2 and beta:
+                    parts.append(torch.zeros(n, self.n_tasks, dtype=fns.theta.dtype))
+                    continue
+                c = 1.0 / (n - beta)
+                if beta:
+                    weights = [1.0 + c if t == j else 1.0 for t in range(self.n_tasks)]
+                    solve = self._factor(self.operator(weights=weights), damping)
+                else:
+                    full_solve = full_solve or self._factor(self.operator(), damping)
+                    solve = full_solve
+                coords = self.structure.local_coords(j)
+                width = woodbury.output_width(fns, j)
+                chunk = max(1, self.chunk_size // (1 + width))
+                loss = fns.example_loss(j, coords)
+                grads = per_example_grads(loss, fns.theta[coords], x, y, chunk)
+                factors = woodbury.curvature_factors(fns, j, coords, x, y, chunk)
+                shift = grad_j + beta * c * self.train_gradients[:, j]
+                for g, f in zip(grads, factors, strict=True):
+                    steps = self._leverage_steps(solve, coords, g, f, c, shift)
+                    parts.append(losses(fns.theta + steps.T) - base)
+                report(j + 1)
+        self.timings["leverage_s"] = time.perf_counter() - start
+        return torch.cat(parts).detach().numpy(), self.taskset.train_ids()
+
+    def _leverage_steps(
+        self,
+        solve: Callable[[Tensor], Tensor],
+        coords: Tensor,
+        grads: Tensor,
+        factors: Tensor,
+        c: float,
+        shift: Tensor,
+    ) -> Tensor:
+        """Newton steps ``(p, b)`` of :meth:`leverage_scores` for ``b`` examples of one
+        task: local gradients ``grads`` ``(b, p_local)``, curvature factors ``factors``
+        ``(b, C, p_local)``, right-hand sides ``c grad l_z - shift`` (``shift`` ``(p,)``);
+        ``solve`` applies ``A_j^-1``."""
+        b, width, local = factors.shape
+        p = self.fns.space.numel
+        f = factors * c**0.5
+        rhs = torch.zeros(p, b * (1 + width), dtype=grads.dtype)
+        rhs[:, :b] = -shift[:, None]
+        rhs[coords, :b] += c * grads.T
+        rhs[coords, b:] = f.reshape(b * width, local).T
+        sol = solve(rhs)
+        u = sol[:, :b]  # A^-1 a_z
+        v = sol[:, b:].reshape(p, b, width)  # A^-1 F_z^T
+        fu = torch.einsum("bcl,lb->bc", f, u[coords])
+        leverage = torch.einsum("icl,lik->ick", f, v[coords])  # F_z A^-1 F_z^T, (b, C, C)
+        eye = torch.eye(width, dtype=grads.dtype).expand(b, width, width)
+        coef = torch.linalg.solve(eye - leverage, fu.unsqueeze(-1)).squeeze(-1)
+        return u + torch.einsum("pik,ik->pi", v, coef)
 
     def test_example_scores(
         self,
@@ -591,29 +1085,54 @@ class MTIF:
         test_rows = self.taskset.tasks[target].test_idx[pick]
         return scores.numpy(), test_rows
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Diagnostics of the computation so far (``meta['diagnostics']``): stationarity of
+        theta_hat (:attr:`stationarity`), the damping used, whether ``H + damping`` was
+        positive definite, the solver's iterations and whether it stopped at ``max_iter``,
+        and the per-task Newton-step diagnostics (None unless the Newton matrix was
+        computed)."""
+        report = self.report
+        return {
+            "stationarity": dict(self.stationarity),
+            "damping": report.damping,
+            "positive_definite": report.positive_definite,
+            "min_eig": report.min_eig,
+            "max_eig": report.max_eig,
+            "iterations": report.iterations,
+            "max_iter_hit": report.max_iter_hit,
+            "newton": self.newton_diagnostics,
+        }
+
     def relatedness(
         self,
         task_level: TaskLevel = "first-order",
-        instance: bool = True,
+        instance: bool | InstanceKind = True,
         weighting: Weighting = "fixed",
         newton: bool | None = None,
     ) -> Relatedness:
         """The :class:`Relatedness` result: ``matrix`` from ``task_level``; the other
-        task-level estimate (when computed) and the solver diagnostics in ``meta``.
+        task-level estimate (when computed), the solver plan and
+        :meth:`diagnostics` in ``meta``; every notice given in ``meta['caveats']``.
 
-        ``newton`` computes the Newton matrix too (default: only if ``task_level`` asks)."""
+        ``instance``: False, True (= ``"first-order"``) or ``"leverage"``
+        (:meth:`leverage_scores`). ``newton`` computes the Newton matrix too (default: only
+        if ``task_level`` asks)."""
         if task_level not in ("first-order", "newton"):
             raise ConfigError(f"task_level must be 'first-order' or 'newton', got {task_level!r}")
-        first = self.task_matrix()
-        want_newton = task_level == "newton" or bool(newton)
-        newton_m = self.newton_task_matrix() if want_newton else None
-        scores = ids = None
-        if instance:
-            scores, ids = self.instance_scores(weighting)
+        kind = check_instance(instance)
+        with notices.collect() as given:
+            first = self.task_matrix()
+            _ = self.stationarity
+            want_newton = task_level == "newton" or bool(newton)
+            newton_m = self.newton_task_matrix() if want_newton else None
+            scores = ids = None
+            if kind is not None:
+                scores, ids = self.instance_scores(weighting, kind)
         matrix = newton_m if task_level == "newton" else first
         meta = {
             "units": UNITS,
             "task_level": task_level,
+            "instance": kind,
             "weighting": weighting,
             "first_order_matrix": first,
             "newton_matrix": newton_m,
@@ -621,50 +1140,132 @@ class MTIF:
             "structured_solve": self.structured,
             "n_params": self.fns.space.numel,
             "solver": self.report.to_meta(),
+            "solver_plan": self.plan.to_meta(),
+            "diagnostics": self.diagnostics(),
+            "caveats": list(dict.fromkeys([*self.caveats, *given])),
             "timings_s": dict(self.timings),
         }
         assert matrix is not None
         return Relatedness(matrix, self.taskset.names, "mtif", scores, ids, meta)
 
 
+def check_instance(instance: bool | str) -> InstanceKind | None:
+    """The instance-score kind of an ``instance`` option (None: no instance scores).
+
+    Raises:
+        ConfigError: not a bool, ``"first-order"`` or ``"leverage"``."""
+    if instance is True or instance == "first-order":
+        return "first-order"
+    if instance == "leverage":
+        return "leverage"
+    if instance is False:
+        return None
+    raise ConfigError(
+        f"instance must be true, false, 'first-order' or 'leverage', got {instance!r}"
+    )
+
+
 def mtif_relatedness(
     taskset: TaskSet,
     ctx: Any,
     model: MTLModel | None = None,
-    solver: str = "explicit",
+    solver: str | Solver = "auto",
     damping: Damping = "auto",
     task_level: TaskLevel = "first-order",
     newton: bool | None = None,
-    instance: bool = True,
+    instance: bool | InstanceKind = True,
     weighting: Weighting = "fixed",
     structured: bool | None = None,
     chunk_size: int = 256,
     solver_options: dict[str, Any] | None = None,
+    memory_budget_gb: float | None = None,
 ) -> Relatedness:
     """MTIF relatedness (registry entry ``mtif``).
 
     Trains ``ctx.model`` with ``ctx.model_config`` and ``ctx.train_config`` on ``taskset``
     unless a trained ``model`` is given, then computes task-level
-    scores (``task_level``: ``first-order`` or ``newton``) and, with ``instance``, one
-    score per (training example, target task). Other options: see :class:`MTIF`.
-    ``meta['timings_s']`` splits the wall time into training and influence parts."""
+    scores (``task_level``: ``first-order`` or ``newton``) and, with ``instance`` (true or
+    ``"first-order"``: influence functions; ``"leverage"``: per-example Newton steps), one
+    score per (training example, target task). Other options: see :class:`MTIF`; every
+    option (and the solver's memory need) is checked before training.
+    ``meta['timings_s']`` splits the wall time into training and influence parts;
+    ``meta['caveats']`` lists the notices given (e.g. a Hessian that is not positive
+    definite)."""
     from taskrel.relatedness.ground_truth import train_model
 
+    options: dict[str, Any] = {
+        "solver": solver,
+        "damping": damping,
+        "structured": structured,
+        "chunk_size": chunk_size,
+        "solver_options": solver_options,
+        "memory_budget_gb": memory_budget_gb,
+    }
+    check_mtif(taskset, ctx, model, task_level, weighting, instance=instance, **options)
     timings = {}
-    if model is None:
+    with notices.collect() as caveats:
+        if model is None:
+            start = time.perf_counter()
+            model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config)
+            timings["train_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config)
-        timings["train_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    engine = MTIF(
-        model,
-        taskset,
-        solver=solver,
-        damping=damping,
-        structured=structured,
-        chunk_size=chunk_size,
-        solver_options=solver_options,
-    )
-    result = engine.relatedness(task_level, instance, weighting, newton)
+        engine = MTIF(model, taskset, **options)
+        result = engine.relatedness(task_level, instance, weighting, newton)
     result.meta["timings_s"].update(timings, influence_s=time.perf_counter() - start)
+    result.meta["caveats"] = list(caveats)
     return result
+
+
+def check_mtif(
+    taskset: TaskSet,
+    ctx: Any,
+    model: MTLModel | None = None,
+    task_level: TaskLevel = "first-order",
+    weighting: Weighting = "fixed",
+    **options: Any,
+) -> None:
+    """The checks of :func:`mtif_relatedness` that need no training (``relate`` runs them
+    first): option values, that MTIF applies to the model, and the solver's memory need
+    (planned on an untrained model of ``ctx``'s architecture when no ``model`` is given).
+
+    Raises:
+        ConfigError: a bad option or an explicit solve over the memory budget.
+        NotApplicableError: the model is not a hard, soft or single-task model."""
+    if task_level not in ("first-order", "newton"):
+        raise ConfigError(f"task_level must be 'first-order' or 'newton', got {task_level!r}")
+    if weighting not in ("fixed", "renormalized"):
+        raise ConfigError(f"weighting must be 'fixed' or 'renormalized', got {weighting!r}")
+    check_instance(options.get("instance", True))
+    engine = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
+    subject = model if model is not None else _untrained(ctx.model, taskset, ctx.model_config)
+    MTIF(subject, taskset, **engine)
+
+
+ENGINE_OPTIONS = (
+    "solver",
+    "damping",
+    "structured",
+    "chunk_size",
+    "solver_options",
+    "memory_budget_gb",
+)
+mtif_relatedness.check = check_mtif  # type: ignore[attr-defined]
+
+
+def _untrained(name: str, taskset: TaskSet, config: Any) -> MTLModel:
+    """An untrained model with the architecture ``name``/``config`` will have after
+    training, for checks before training: config fields still ``"auto"`` (regularisation
+    chosen during training) are pinned to a number, which does not change any shape."""
+    from pydantic import BaseModel
+
+    from taskrel.models import build_model, model_class
+
+    cls = model_class(name)
+    given = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    fields = cls.Config.model_fields
+    pinned = {
+        f: 1e-3
+        for f in cls.auto_fields
+        if given.get(f, fields[f].default if f in fields else None) == "auto"
+    }
+    return build_model(name, taskset, {**given, **pinned})

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from sklearn.metrics import explained_variance_score, f1_score
 
+from taskrel.data.slu import gold_tag_names
 from taskrel.data.taskset import PAD_TAG, SplitName, TaskSet
+from taskrel.errors import ConfigError, DataError
 from taskrel.models.base import MTLModel
 
 
@@ -46,15 +48,21 @@ def tag_sequences(tags: np.ndarray, gold: np.ndarray, labels: Sequence[str]) -> 
 
 
 def sequence_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    labels: Sequence[str],
+    gold: list[list[str]] | None = None,
 ) -> dict[str, float]:
+    """Span F1 and token accuracy of tag ids ``y_pred`` against ``y_true`` ``(n, L)``;
+    ``gold`` (tag strings of the real tokens per row, default ``labels[y_true]``) names
+    the gold spans, e.g. with the original strings of tags unseen in training
+    (:func:`taskrel.data.slu.gold_tag_names`)."""
     from seqeval.metrics import f1_score as span_f1
 
     mask = y_true != PAD_TAG
+    truth = tag_sequences(y_true, y_true, labels) if gold is None else gold
     return {
-        "slot_f1": float(
-            span_f1(tag_sequences(y_true, y_true, labels), tag_sequences(y_pred, y_true, labels))
-        ),
+        "slot_f1": float(span_f1(truth, tag_sequences(y_pred, y_true, labels))),
         "token_accuracy": float(np.mean(y_true[mask] == y_pred[mask])),
     }
 
@@ -93,7 +101,15 @@ def evaluate(
     split: SplitName = "test",
 ) -> dict[str, dict[str, float]]:
     """Metrics of every task on ``split`` (tasks with an empty split are skipped); ``loss``
-    is the model's own (:meth:`MTLModel.output_loss`, e.g. a CRF loss)."""
+    is the model's own (:meth:`MTLModel.output_loss`, e.g. a CRF loss).
+
+    Raises:
+        ConfigError: ``model`` is not an :class:`MTLModel` or ``split`` is unknown.
+        DataError: ``taskset`` is not the kind of task set the model was built for
+            (:func:`check_compatible`)."""
+    check_compatible(model, taskset)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     results: dict[str, dict[str, float]] = {}
     for t, task in enumerate(taskset.tasks):
         x, y = task.arrays(split)
@@ -107,10 +123,50 @@ def evaluate(
             m = regression_metrics(y, pred)
         else:
             labels = task.labels or tuple(str(i) for i in range(task.n_outputs))
-            m = sequence_metrics(y, pred, labels)
+            m = sequence_metrics(y, pred, labels, gold_tag_names(taskset, t, split))
         m["loss"] = float(loss.mean())
         results[task.name] = m
     return results
+
+
+@torch.no_grad()
+def check_compatible(model: MTLModel, taskset: TaskSet) -> None:
+    """Check that ``model`` was built for tasks like those of ``taskset``: the same
+    number of tasks with the same names, kinds and output sizes, and inputs it accepts
+    (one example of each task is pushed through it).
+
+    Raises:
+        ConfigError: ``model`` is not an :class:`MTLModel`.
+        DataError: the first mismatch, naming the task and both values."""
+    from taskrel.data import as_taskset
+
+    if not isinstance(model, MTLModel):
+        raise ConfigError(f"model must be a trained MTLModel, got {type(model).__name__}")
+    taskset = as_taskset(taskset)
+    have = [(t.name, t.kind, t.n_outputs) for t in model.tasks]
+    want = [(t.name, t.kind, t.n_outputs) for t in taskset.tasks]
+    if len(have) != len(want):
+        raise DataError(
+            f"taskset {taskset.name!r} has {len(want)} tasks but the model was built for "
+            f"{len(have)} ({', '.join(n for n, _, _ in have)})"
+        )
+    for t, (h, w) in enumerate(zip(have, want, strict=True)):
+        if h != w:
+            raise DataError(
+                f"taskset {taskset.name!r}: task {t} is {w[0]!r} ({w[1]}, {w[2]} outputs) but "
+                f"the model was built for {h[0]!r} ({h[1]}, {h[2]} outputs)"
+            )
+    for t, task in enumerate(taskset.tasks):
+        if task.n_examples == 0:
+            continue
+        try:
+            predict_task(model, task.x[:1], t)
+        except (RuntimeError, IndexError) as err:
+            raise DataError(
+                f"taskset {taskset.name!r}: task {task.name!r} has inputs of shape "
+                f"{task.input_shape} that the model does not accept "
+                f"({' '.join(str(err).split())[:120]})"
+            ) from None
 
 
 @torch.no_grad()

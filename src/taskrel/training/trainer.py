@@ -26,32 +26,54 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError
+from taskrel.errors import ConfigError, format_validation_error
 from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
+from taskrel.notices import notice
 from taskrel.seeding import seed_everything
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
+from taskrel.training.convergence import gradient_check
 from taskrel.training.metrics import as_model_input, task_losses
+from taskrel.training.newton import NEWTON_MAX_PARAMS, newton_step
+from taskrel.validation import check_options
+
+EXACT_OPTIMIZERS = ("lbfgs", "newton")
+"""Full-batch optimisers that run to the optimum (no early stopping, last iterate kept)."""
+
+FIRST_ORDER_LR = 1e-2
+"""Default learning rate of Adam and SGD."""
 
 
 class TrainConfig(BaseModel):
-    """How to train (every field has a default; unknown keys are rejected)."""
+    """How to train (every field has a default; unknown keys are rejected).
+
+    The defaults adapt to the model (see :func:`resolve_train_config`): a model whose
+    objective is convex in its parameters (``MTLModel.convex``, e.g. ``hidden=[]``) is
+    trained to its optimum in float64 (Newton steps up to 2048 parameters, full-batch
+    L-BFGS above); any other by Adam in float32 with validation-based early stopping."""
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(100, ge=1, description="maximum number of epochs")
-    optimizer: Literal["adam", "sgd", "lbfgs"] = "adam"
-    lr: float = Field(1e-2, gt=0.0, description="learning rate")
+    optimizer: Literal["auto", "adam", "sgd", "lbfgs", "newton"] = Field(
+        "auto",
+        description="'auto': for models convex in their parameters Newton (up to 2048 "
+        "parameters) or full-batch L-BFGS, Adam otherwise",
+    )
+    lr: float | None = Field(
+        None, gt=0.0, description="learning rate (default: 1.0 for L-BFGS, 1e-2 otherwise)"
+    )
     batch_size: int = Field(32, ge=1, description="examples per task per step")
     patience: int | None = Field(
         20,
         ge=1,
         description="stop after this many epochs without a better validation "
-        "score (needs a validation split); null disables early stopping",
+        "score (needs a validation split; not used by L-BFGS and Newton, which run to the "
+        "optimum); null disables early stopping",
     )
     selection_metric: str | None = Field(
         None,
@@ -61,11 +83,45 @@ class TrainConfig(BaseModel):
     )
     grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm")
     lbfgs_max_iter: int = Field(100, ge=1, description="L-BFGS iterations per epoch")
+    stop_tol: float = Field(
+        1e-9,
+        gt=0.0,
+        description="L-BFGS and Newton epochs stop once the relative gradient norm is below "
+        "this (1e-9: the optimum to about machine precision in float64) or an epoch no "
+        "longer lowers the objective",
+    )
+    grad_tol: float = Field(
+        1e-3,
+        gt=0.0,
+        description="converged when ||grad J|| <= grad_tol * sqrt(sum_t ||grad L_t||^2) "
+        "(taskrel.training.convergence); a run that ends above it gives a notice",
+    )
     seed: int = 0
     checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoint writes")
-    dtype: Literal["float32", "float64"] = Field(
-        "float32", description="parameter and feature precision (float64 for exact optima)"
+    dtype: Literal["auto", "float32", "float64"] = Field(
+        "auto",
+        description="parameter and feature precision ('auto': float64 with L-BFGS, for "
+        "exact optima; float32 otherwise)",
     )
+
+
+def resolve_train_config(config: TrainConfig, model: MTLModel) -> TrainConfig:
+    """``config`` with its ``'auto'``/unset fields made concrete for ``model``:
+    ``optimizer`` (when ``model.convex``: Newton up to
+    :data:`~taskrel.training.newton.NEWTON_MAX_PARAMS` parameters, else L-BFGS; Adam for
+    other models), ``lr`` (1.0 for L-BFGS and Newton, 1e-2 otherwise) and ``dtype``
+    (float64 with L-BFGS and Newton, else float32)."""
+    optimizer = config.optimizer
+    if optimizer == "auto":
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        small = n_params <= NEWTON_MAX_PARAMS
+        optimizer = ("newton" if small else "lbfgs") if model.convex else "adam"
+    exact = optimizer in EXACT_OPTIMIZERS
+    lr = config.lr if config.lr is not None else (1.0 if exact else FIRST_ORDER_LR)
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float64" if exact else "float32"
+    return config.model_copy(update={"optimizer": optimizer, "lr": lr, "dtype": dtype})
 
 
 class TrainingInterrupted(Exception):
@@ -87,6 +143,13 @@ class TrainResult:
     best_epoch: int = 0
     epochs_run: int = 0
     stopped_early: bool = False
+    convergence: dict[str, float | bool] = field(default_factory=dict)
+    """:meth:`Convergence.as_dict` of the returned parameters (relative gradient norm)."""
+    config: TrainConfig | None = None
+    """The training config with its defaults resolved for the model."""
+    regularization: dict[str, Any] | None = None
+    """What :func:`~taskrel.training.regularization.resolve_regularization` chose (values
+    and validation curve) when the model config had ``'auto'`` fields; None otherwise."""
 
 
 class TaskSampler:
@@ -179,15 +242,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _make_optimizer(model: MTLModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: MTLModel, cfg: TrainConfig) -> torch.optim.Optimizer | None:
+    """The optimiser of a resolved config (:func:`resolve_train_config`); None for Newton
+    steps (:mod:`taskrel.training.newton`, stateless)."""
+    if cfg.optimizer == "newton":
+        return None
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = float(cfg.lr or 0.0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.Adam(params, lr=lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
     return torch.optim.LBFGS(
         params,
-        lr=cfg.lr,
+        lr=lr,
         max_iter=cfg.lbfgs_max_iter,
         tolerance_grad=1e-10,
         tolerance_change=0.0,
@@ -205,8 +273,17 @@ def train(
     progress: bool | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int, MTLModel, list[Batch]], None] | None = None,
+    notify: bool = True,
 ) -> TrainResult:
     """Train ``model`` on the training splits of ``taskset``.
+
+    First-order optimisers (Adam, SGD) keep the parameters of the best validation epoch
+    and stop early after ``patience`` epochs without improvement. L-BFGS minimises the
+    objective: every epoch is one full-batch L-BFGS run of ``lbfgs_max_iter`` iterations
+    (or one Newton step), and epochs continue until the relative gradient norm (see
+    :mod:`taskrel.training.convergence`) is below ``stop_tol`` or an epoch no longer
+    lowers the objective; the last iterate is returned (validation data choose the
+    regularisation, not the iterate).
 
     Args:
         model: any :class:`MTLModel` built for ``taskset``.
@@ -221,6 +298,8 @@ def train(
             (``step`` counts from 0 over the whole run; ``batches`` are the mini-batches
             that step trains on). Probes that record quantities during training use it;
             they must not change the model's parameters.
+        notify: give a one-line notice when the returned parameters have not converged
+            (relative gradient norm above ``grad_tol`` and not chosen by early stopping).
 
     Returns:
         A :class:`TrainResult`; the model holds the parameters of the best validation
@@ -229,7 +308,8 @@ def train(
     Raises:
         TrainingInterrupted: on Ctrl-C/SIGTERM, after writing the checkpoint.
     """
-    cfg = config or TrainConfig()
+    cfg = resolve_train_config(config or TrainConfig(), model)
+    exact = cfg.optimizer in EXACT_OPTIMIZERS
     ckpt = Path(checkpoint) if checkpoint is not None else None
     dtype = getattr(torch, cfg.dtype)
     model.to(dtype)
@@ -238,7 +318,7 @@ def train(
     has_val = any(len(t.val_idx) for t in taskset.tasks)
     if cfg.selection_metric is not None and has_val and not resume:
         validation_metric(model, taskset, cfg.selection_metric)  # fail before training
-    steps = 1 if cfg.optimizer == "lbfgs" else sampler.steps_per_epoch
+    steps = 1 if exact else sampler.steps_per_epoch
     total_steps = cfg.epochs * steps
 
     state: dict[str, Any] = {
@@ -248,23 +328,25 @@ def train(
         "bad_epochs": 0,
         "history": [],
         "best_model": None,
+        "last_objective": math.inf,
     }
     if resume:
         if ckpt is None:
             raise ValueError("resume=True needs a checkpoint path")
         saved = load_checkpoint(ckpt)
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(saved["optimizer"])
         sampler.load_state(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, v) for k, v in state.items()}
 
     def snapshot() -> dict[str, Any]:
         return copy.deepcopy(
             {
                 **state,
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else {},
                 "sampler": sampler.state(),
                 "torch_rng": torch.get_rng_state(),
                 "train_config": cfg.model_dump(),
@@ -282,13 +364,27 @@ def train(
                 objective_sum = 0.0
                 for s in range(steps):
                     model.on_step((epoch - 1) * steps + s, total_steps)
-                    batches = sampler.full() if cfg.optimizer == "lbfgs" else sampler.batches()
+                    batches = sampler.full() if exact else sampler.batches()
                     if on_step is not None:
                         on_step((epoch - 1) * steps + s, model, batches)
                     objective_sum += _step(model, optimizer, batches, cfg)
                 record: dict[str, float] = {"epoch": epoch, "objective": objective_sum / steps}
-                val = validation_loss(model, taskset) if has_val else None
-                if val is not None:
+                done = False
+                if exact:
+                    check = gradient_check(model, sampler.full(), cfg.grad_tol)
+                    record.update(objective=check.objective, grad_rel=check.relative)
+                    stalled = check.objective >= state["last_objective"] - 1e-15 * abs(
+                        check.objective
+                    )
+                    done = check.relative <= cfg.stop_tol or stalled
+                    state["last_objective"] = check.objective
+                # exact optimisers do not select epochs: their validation loss is recorded
+                # once, for the returned (last) iterate
+                last = done or epoch == cfg.epochs
+                val = validation_loss(model, taskset) if has_val and (last or not exact) else None
+                if val is not None and exact:
+                    record["val_loss"] = val
+                elif val is not None:
                     record["val_loss"] = val
                     if cfg.selection_metric is not None:
                         score = validation_metric(model, taskset, cfg.selection_metric)
@@ -311,7 +407,14 @@ def train(
                 if on_epoch is not None:
                     on_epoch(epoch, record)
                 advance(record)
-                if cfg.patience is not None and has_val and state["bad_epochs"] >= cfg.patience:
+                if done:
+                    break
+                if (
+                    not exact
+                    and cfg.patience is not None
+                    and has_val
+                    and state["bad_epochs"] >= cfg.patience
+                ):
                     stopped_early = True
                     break
     except KeyboardInterrupt:
@@ -325,17 +428,51 @@ def train(
         model.load_state_dict(state["best_model"])
     model.eval()
     best = state["best_epoch"] if state["best_model"] is not None else state["epoch"]
+    convergence = gradient_check(model, sampler.full(), cfg.grad_tol)
+    chosen_by_validation = state["best_model"] is not None and best < state["epoch"]
+    if notify and not convergence.converged and not chosen_by_validation:
+        notice(
+            f"model {model.name!r} has not converged after {state['epoch']} epochs of "
+            f"{cfg.optimizer}: ||grad J|| is {convergence.relative:.1e} of the per-task "
+            f"gradient scale (threshold {cfg.grad_tol:g}); train longer"
+            + (" or use optimizer='auto'" if model.convex and not exact else "")
+        )
     return TrainResult(
         model=model,
         history=state["history"],
         best_epoch=best,
         epochs_run=state["epoch"],
         stopped_early=stopped_early,
+        convergence=convergence.as_dict(),
+        config=cfg,
     )
 
 
+def as_train_config(value: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
+    """``value`` as a :class:`TrainConfig` (``None``: the defaults).
+
+    Raises:
+        ConfigError: not a mapping, or invalid fields: one readable ``field: problem``
+            per field (:func:`~taskrel.errors.format_validation_error`), unknown ones
+            listed with the accepted names."""
+    if isinstance(value, TrainConfig):
+        return value
+    if value is None:
+        return TrainConfig()
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"train_config must be a TrainConfig or a mapping of its fields, "
+            f"got {type(value).__name__}"
+        )
+    try:
+        return TrainConfig(**value)
+    except ValidationError as err:
+        message = format_validation_error(err, accepted=TrainConfig.model_fields)
+        raise ConfigError(f"train_config: {message}") from None
+
+
 def fit(
-    taskset: TaskSet,
+    taskset: TaskSet | str | Path,
     model: str = "hard",
     model_config: ModelConfig | Mapping[str, Any] | None = None,
     train_config: TrainConfig | Mapping[str, Any] | None = None,
@@ -343,22 +480,44 @@ def fit(
 ) -> TrainResult:
     """Seed, build model ``model`` for ``taskset`` and train it.
 
+    ``taskset`` may also be a dataset name or a path to a data file (loaded with default
+    options). Every argument is checked before training (non-finite training features
+    included): errors are :class:`~taskrel.errors.TaskrelError` subclasses naming the
+    argument.
+
     ``train_options`` (``checkpoint``, ``resume``, ``progress``, ``on_epoch``,
     ``on_step``) go to
-    :func:`train`. The same ``train_config.seed`` gives the same numbers on CPU."""
-    cfg = (
-        train_config
-        if isinstance(train_config, TrainConfig)
-        else TrainConfig(**(train_config or {}))
-    )
+    :func:`train`. The same ``train_config.seed`` gives the same numbers on CPU.
+
+    ``"auto"`` regularisation fields of ``model_config`` are first chosen on validation
+    data (:func:`~taskrel.training.regularization.resolve_regularization`); the result's
+    ``regularization`` records the chosen values and the validation curves."""
+    from taskrel.data import as_taskset
+    from taskrel.data.taskset import check_features
+    from taskrel.training.regularization import resolve_regularization
+
+    taskset = as_taskset(taskset)
+    cfg = as_train_config(train_config)
+    if not isinstance(model, str):
+        raise ConfigError(f"model must be a registered model name, got {type(model).__name__}")
+    check_options("fit", train, train_options, skip=("model", "taskset", "config"))
+    check_features(taskset)
+    pinned, report = resolve_regularization(taskset, model, model_config, cfg)
     seed_everything(cfg.seed)
-    built = build_model(model, taskset, model_config)
-    return train(built, taskset, cfg, **train_options)
+    built = build_model(model, taskset, pinned)
+    result = train(built, taskset, cfg, **train_options)
+    result.regularization = report.to_dict() if report is not None else None
+    return result
 
 
 def _step(
-    model: MTLModel, optimizer: torch.optim.Optimizer, batches: list[Batch], cfg: TrainConfig
+    model: MTLModel,
+    optimizer: torch.optim.Optimizer | None,
+    batches: list[Batch],
+    cfg: TrainConfig,
 ) -> float:
+    if optimizer is None:
+        return newton_step(model, batches)
     if isinstance(optimizer, torch.optim.LBFGS):
 
         def closure() -> Tensor:
