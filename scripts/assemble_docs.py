@@ -10,7 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-ORDER = ("mtif", "vmtl", "feedback", "baselines", "relatedness")
+ORDER = (
+    "mtif",
+    "vmtl",
+    "feedback",
+    "baselines",
+    "ground-truth",
+    "relatedness",
+    "trust",
+    "defaults",
+    "grouping",
+)
 PAGES = {
     "methods.md": (
         "methods",

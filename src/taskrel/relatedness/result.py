@@ -151,40 +151,34 @@ class Relatedness:
     def plot(
         self, path: str | Path | None = None, title: str | None = None, annotate: bool | None = None
     ) -> Any:
-        """Annotated heatmap (diverging colours centred on 0). Saves a PNG when ``path``
-        is given; returns the matplotlib Figure."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Heatmap (diverging colours centred on 0): the off-diagonal on its own colour
+        scale, the diagonal hatched (:func:`taskrel.plots.relatedness_heatmap`); values
+        written in the cells (default when ``T <= 12``) in black or white, whichever
+        contrasts. Saves a PNG when ``path`` is given; returns the matplotlib Figure."""
+        from taskrel.plots import off_diagonal_limit, plt, relatedness_heatmap
 
         t = len(self.task_names)
-        size = min(0.55 * t + 2.5, 14)
-        fig, ax = plt.subplots(figsize=(size + 1, size))
-        lim = float(np.nanmax(np.abs(self.matrix))) or 1.0
-        im = ax.imshow(self.matrix, cmap="RdBu", vmin=-lim, vmax=lim)
-        ticks = range(t) if t <= 40 else range(0, t, max(1, t // 20))
-        ax.set_xticks(
-            list(ticks), [self.task_names[i] for i in ticks], rotation=60, ha="right", fontsize=8
+        fig = relatedness_heatmap(
+            self.matrix, self.task_names, title or f"{self.method}: R[i, j] > 0 means j helps i"
         )
-        ax.set_yticks(list(ticks), [self.task_names[i] for i in ticks], fontsize=8)
-        ax.set_xlabel("source task j")
-        ax.set_ylabel("target task i")
-        ax.set_title(title or f"{self.method}: R[i, j] > 0 means j helps i")
         if annotate if annotate is not None else t <= 12:
+            lim = off_diagonal_limit(np.asarray(self.matrix, dtype=np.float64))
+            ax = fig.axes[0]
             for i in range(t):
                 for j in range(t):
+                    value = self.matrix[i, j]
+                    if not np.isfinite(value):
+                        continue
+                    dark = i != j and abs(value) > 0.55 * lim  # the diagonal is light grey
                     ax.text(
                         j,
                         i,
-                        f"{self.matrix[i, j]:.2g}",
+                        f"{value:.2g}",
                         ha="center",
                         va="center",
                         fontsize=7,
-                        color="black",
+                        color="white" if dark else "black",
                     )
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110)
             plt.close(fig)
