@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -81,7 +80,6 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", message=".*seems not to be NE tag")
 
 
 def load_data(dataset: str, n_train: int | None, n_test: int | None) -> Any:
