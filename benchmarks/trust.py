@@ -18,11 +18,12 @@ Every method runs on the same repeats and is averaged. Reported:
 - on synthetic data, the mean ground truth's off-diagonal Spearman with the generating
   similarity ``taskset.meta['similarity']`` at R = 1 (repeat 0 alone), 5 and 10.
 
-Model: the convex hard-sharing ``x.(w + v_t) + b_t`` (``hidden=[]``, shared head) trained
-to its optimum by full-batch L-BFGS in float64 (``EXACT``). Its L2 penalties are chosen on
-validation data by ``taskrel.training.regularization.resolve_regularization`` (once per
-dataset, on the loaded split; retrainings never re-tune) when that function exists, else
-pinned at shared L2 1e-2 / head L2 1.0; the JSON records which. Gradient cosine and lookahead
+Model: the library's default hard sharing, the convex ``x.(w + v_t) + b_t`` (``hidden=[]``,
+shared head) trained with the default ``TrainConfig()`` (Newton steps up to 2048
+parameters, else full-batch L-BFGS, float64, until the relative gradient norm is below
+1e-9). Its L2 penalties are chosen on validation data by
+``taskrel.training.regularization.resolve_regularization`` (once per dataset, on the loaded
+split; retrainings never re-tune); the JSON records the chosen values. Gradient cosine and lookahead
 affinity record mini-batch Adam training of the same model. VMTL and feedback MTL are not
 run here (non-convex models of their own, R trainings each). Quick mode: 4 small
 synthetic regression tasks, R = 4, and the parameter-similarity baseline's L2 pinned to
@@ -42,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import EXACT, cached, markdown, parser, setup, write_out
+from _harness import cached, markdown, parser, setup, write_out
 
 from taskrel.compare import GROUND_TRUTHS, relate_repeats
 from taskrel.data import load
@@ -52,9 +53,9 @@ from taskrel.relatedness import METHODS, RelateContext, agreement
 from taskrel.relatedness.reliability import trust_summary
 from taskrel.relatedness.resample import plan_repeats
 from taskrel.relatedness.result import Relatedness
+from taskrel.training.regularization import resolve_regularization
 from taskrel.training.trainer import TrainConfig
 
-PINNED = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1.0}
 AUTO = {"hidden": [], "shared_head": True, "l2": "auto", "l2_task": "auto"}
 ADAM = {"epochs": 30, "lr": 1e-2, "batch_size": 32, "patience": None}
 KINDS = ("loto", "pairwise")
@@ -94,11 +95,7 @@ def load_case(label: str, spec: tuple[str, dict[str, Any], bool, dict[str, Any]]
 
 
 def model_config(taskset: TaskSet, train: TrainConfig) -> tuple[dict[str, Any], str]:
-    """The pinned model options and how they were chosen."""
-    try:
-        from taskrel.training.regularization import resolve_regularization
-    except ImportError:
-        return dict(PINNED), "pinned: shared L2 1e-2, head L2 1.0 (no auto-regularisation)"
+    """The model options chosen on validation data, and a description of the choice."""
     pinned, report = resolve_regularization(taskset, "hard", AUTO, train)
     chosen = report.chosen if report is not None else {}
     return dict(pinned), "chosen on validation: " + ", ".join(
@@ -118,7 +115,7 @@ def run_case(
 ) -> dict[str, Any]:
     """Every ground truth and method on ``repeats`` repeats of one dataset."""
     taskset = load_case(label, spec)
-    train = TrainConfig(**EXACT)
+    train = TrainConfig()
     config, how = cached(cache, ["config", label], lambda: model_config(taskset, train))
     ctx = RelateContext(
         model_config=config,
@@ -302,7 +299,7 @@ def report(
         args.md.write_text(
             "## Trust: resampled ground truths, noise ceilings, agreement with CIs\n\n"
             f"`{command}` ({mode} mode; datasets so far: {done}). Convex hard sharing "
-            "trained exactly (L-BFGS, float64); regularisation: "
+            "with the default training (Newton or L-BFGS to the optimum, float64); regularisation: "
             + "; ".join(f"{k}: {v['regularisation']}" for k, v in summary.items())
             + ". R repeats, each a new split (same per-task sizes) and training seed; the "
             "methods run on the same repeats. Reliability: Spearman-Brown split-half "
@@ -316,7 +313,7 @@ def report(
             "mode": mode,
             "repeats": repeats,
             "sizes": list(sizes),
-            "train_config": EXACT,
+            "train_config": TrainConfig().model_dump(),
             "baseline_train_config": adam,
             "datasets": {k: [v[0], v[1]] for k, v in cases.items()},
             "keys": {
