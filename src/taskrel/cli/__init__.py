@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import importlib
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from taskrel.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     import typer
@@ -75,23 +73,6 @@ def interrupted_line(session: Session, argv: list[str], detail: str = "") -> str
     return f"{head}; partial results are in {session.run_dir}; run it again with a new --out"
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a command the way Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _training_interrupted(err: BaseException) -> bool:
     trainer = sys.modules.get("taskrel.training.trainer")
     return trainer is not None and isinstance(err, trainer.TrainingInterrupted)
@@ -130,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     SESSION.reset()
     detail = ""
     try:
-        with _sigterm_as_interrupt(), shown():  # progress: a bar on a terminal, else lines
+        with sigterm_as_interrupt(), shown():  # progress: a bar on a terminal, else lines
             status = load_app()(args=args, prog_name="taskrel", standalone_mode=False)
     except KeyboardInterrupt:  # before typer took over (imports) or after it returned
         status = 130

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
 from taskrel.notices import notice
 from taskrel.seeding import seed_everything
+from taskrel.signals import sigterm_as_interrupt
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
 from taskrel.training.convergence import gradient_check
 from taskrel.training.metrics import as_model_input, task_losses
@@ -225,23 +224,6 @@ def validation_metric(model: MTLModel, taskset: TaskSet, name: str) -> float:
     return metrics[name]
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while training (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _make_optimizer(model: MTLModel, cfg: TrainConfig) -> torch.optim.Optimizer | None:
     """The optimiser of a resolved config (:func:`resolve_train_config`); None for Newton
     steps (:mod:`taskrel.training.newton`, stateless)."""
@@ -357,7 +339,7 @@ def train(
     show = sys.stderr.isatty() if progress is None else progress
     stopped_early = False
     try:
-        with _sigterm_as_interrupt(), _progress(show, cfg.epochs, state["epoch"]) as advance:
+        with sigterm_as_interrupt(), _progress(show, cfg.epochs, state["epoch"]) as advance:
             while state["epoch"] < cfg.epochs:
                 epoch = state["epoch"] + 1
                 model.train()
