@@ -4,6 +4,7 @@ CIs) have their closed-form values."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -185,3 +186,35 @@ def test_cli_group_with_a_predictor_prints_predicted_and_actual_outcomes(
     assert losses["retrain"][0] == pytest.approx(chosen)
     assert main([*args, "--groups", "4", "--out", str(tmp_path / "bad")]) == 2
     assert "n_groups must lie in [1, 3]" in capsys.readouterr().err
+
+
+def test_groups_are_never_chosen_on_the_test_split(synthetic_reg: TaskSet, tmp_path: Path) -> None:
+    """Without a validation split the choice is made on rows carved from training: noise
+    written over the test targets changes the reported test losses, never the choice."""
+    empty = np.zeros(0, dtype=np.int64)
+    no_val = synthetic_reg.with_tasks(
+        [dataclasses.replace(t, val_idx=empty) for t in synthetic_reg.tasks]
+    )
+    rng = np.random.default_rng(0)
+    poisoned_tasks = []
+    for t in no_val.tasks:
+        y = t.y.copy()
+        y[t.test_idx] = rng.normal(scale=50.0, size=len(t.test_idx))
+        poisoned_tasks.append(dataclasses.replace(t, y=y))
+    poisoned = no_val.with_tasks(poisoned_tasks)
+    runs = []
+    for name, ts in (("clean", no_val), ("poisoned", poisoned)):
+        ctx = context(tmp_path / name)
+        report = evaluate_decisions([ts], ctx, ["retrain"], n_random=1)
+        runs.append(report.repeats[0])
+    clean, dirty = runs
+    assert clean.decisions["retrain"].grouping.groups == dirty.decisions["retrain"].grouping.groups
+    np.testing.assert_array_equal(
+        clean.decisions["retrain"].grouping.predicted, dirty.decisions["retrain"].grouping.predicted
+    )
+    assert clean.oracle_groups == dirty.oracle_groups
+    assert not np.allclose(
+        clean.decisions["retrain"].test_loss, dirty.decisions["retrain"].test_loss
+    )
+    with pytest.raises(ConfigError, match="no validation split"):
+        selection_view(no_val)

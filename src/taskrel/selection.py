@@ -39,7 +39,7 @@ import numpy as np
 
 from taskrel.config import DataConfig
 from taskrel.data.taskset import TaskSet
-from taskrel.errors import ConfigError, DataError
+from taskrel.errors import ConfigError
 from taskrel.execution import Job, ResultCache
 from taskrel.models.base import MTLModel
 from taskrel.models.sharing import SingleTaskConfig
@@ -50,9 +50,10 @@ from taskrel.relatedness.ground_truth import Retrainer
 from taskrel.relatedness.mtif import mtif_relatedness
 from taskrel.training.metrics import evaluate, summarize
 from taskrel.training.regularization import (
-    carve_validation,
+    ensure_validation,
     resolve_regularization,
     unresolved,
+    validation_as_test,
 )
 from taskrel.training.trainer import TrainConfig, fit
 
@@ -174,11 +175,7 @@ def scoring_view(taskset: TaskSet, split: ScoreSplit) -> TaskSet:
     """The task set whose *test* split MTIF scores against: for ``"val"`` the validation
     rows act as the test split (and the real test rows are left out entirely), for
     ``"test"`` the task set itself."""
-    if split == "test":
-        return taskset
-    return taskset.with_tasks(
-        [dataclasses.replace(t, test_idx=t.val_idx, val_idx=t.val_idx[:0]) for t in taskset.tasks]
-    )
+    return taskset if split == "test" else validation_as_test(taskset)
 
 
 def score_examples(
@@ -407,32 +404,7 @@ def _scoring_split(
             f"metrics are {OPTIMISTIC}"
         )
         return taskset, {"split": "test", "carved": False}
-    lacking = [t.name for t in taskset.tasks if not len(t.val_idx)]
-    if 0 < len(lacking) < len(taskset):
-        raise DataError(
-            f"tasks {lacking} have no validation rows but others do; give every task a "
-            "validation split (or none, to carve one from the training rows)"
-        )
-    small = [t.name for t in taskset.tasks if len(t.train_idx) < 2]
-    if lacking and small:
-        raise DataError(
-            f"tasks {small} have fewer than 2 training rows: no validation split can be "
-            "carved to select on; give the data a validation split (data option val=...)"
-        )
-    base = carve_validation(taskset, val_fraction, seed) if lacking else taskset
-    info: dict[str, Any] = {
-        "split": "val",
-        "carved": bool(lacking),
-        "rows_per_task": {t.name: len(t.val_idx) for t in base.tasks},
-    }
-    if lacking:
-        info.update(val_fraction=val_fraction, seed=seed)
-        notice(
-            f"the data have no validation split: carved {val_fraction:g} of each task's "
-            f"training rows (seed {seed}) to select on; every setting trains on the "
-            "remaining rows"
-        )
-    return base, info
+    return ensure_validation(taskset, val_fraction, seed, purpose="select on")
 
 
 def _evaluation(score_split: ScoreSplit, validation: Mapping[str, Any]) -> str:

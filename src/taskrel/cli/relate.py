@@ -419,9 +419,11 @@ def predicted_grouping(
     from taskrel.decisions.predictors import make_predictor
     from taskrel.decisions.search import choose_groups
     from taskrel.errors import ConfigError
+    from taskrel.training.regularization import ensure_validation
 
     if repeats < 1 or n_random < 0:
         raise ConfigError(f"--repeats must be >= 1 and --random >= 0, got {repeats} and {n_random}")
+    taskset, _ = ensure_validation(taskset, seed=ctx.train_config.seed, purpose="choose groups on")
     ctx = ctx.pinned(taskset)  # "auto" regularisation chosen once on the validation split
     fitted = make_predictor(predictor).fit(selection_view(taskset), ctx)
     chosen = choose_groups(fitted, taskset.names, groups, penalty)

@@ -5,8 +5,9 @@ partitions of the same group sizes and the oracle.
 Selection is always on the **validation** split: predictors are fitted on
 :func:`selection_view` (the task set whose test split is the validation split) and the
 oracle searches on actual validation losses; the **test** split is only read for the final
-report. Without a validation split the selection falls back to the test split, with a
-notice (the reported gains are then optimistic).
+report. A task set without a validation split gets one carved from each task's training
+rows (:func:`~taskrel.training.regularization.ensure_validation`, with a notice); every
+setting then trains on the remaining rows. A choice is never made on the test split.
 
 Outcomes (:class:`SubsetOutcomes`): training one model on a subset ``S`` of the tasks
 (the context's model, config and seed) gives every task of ``S`` a validation and a test
@@ -56,6 +57,7 @@ from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import DataSpec, Retrainer, load_data, train_model
 from taskrel.relatedness.reliability import spearman_brown, spearman_rows
 from taskrel.training.metrics import PRIMARY_METRIC, evaluate
+from taskrel.training.regularization import ensure_validation, validation_as_test
 
 Split = Literal["val", "test"]
 LEVEL = 0.95
@@ -68,21 +70,21 @@ def has_validation(taskset: TaskSet) -> bool:
 
 
 def selection_view(taskset: TaskSet) -> TaskSet:
-    """The task set a decision is made on: its *test* split is the validation split, and
-    it has no validation split of its own (splits may not overlap), so a predictor trained
-    on it with early stopping (``patience``) would stop differently; the exact convex
-    preset does not stop early. Without a validation split: ``taskset`` itself, with a
-    notice."""
+    """The task set a decision is made on (:func:`validation_as_test`): its *test* split is
+    the validation split, and it has no validation split of its own (splits may not
+    overlap), so a predictor trained on it with early stopping (``patience``) would stop
+    differently; the default convex training does not stop early.
+
+    Raises:
+        ConfigError: ``taskset`` has no validation split (call :func:`ensure_validation`
+            first: a choice is never made on the test split).
+    """
     if not has_validation(taskset):
-        notice(
-            f"{taskset.name}: no validation split in every task, so groups are chosen on the "
-            "test split and the reported gains are optimistic (add a split, e.g. "
-            "--set data.options.val=0.2)"
+        raise ConfigError(
+            f"{taskset.name}: no validation split to choose groups on; carve one first "
+            "(taskrel.training.regularization.ensure_validation)"
         )
-        return taskset
-    return taskset.with_tasks(
-        [dataclasses.replace(t, test_idx=t.val_idx, val_idx=t.val_idx[:0]) for t in taskset.tasks]
-    )
+    return validation_as_test(taskset)
 
 
 # -- actual outcomes of task subsets -------------------------------------------------------------
@@ -351,6 +353,7 @@ def run_repeat(
     skip_failures: bool = False,
 ) -> Repeat:
     """One repeat of the decision evaluation (see :func:`evaluate_decisions`)."""
+    taskset, _ = ensure_validation(taskset, seed=seed, purpose="choose groups on")
     ctx = ctx.pinned(taskset)  # "auto" regularisation: chosen once on validation, then fixed
     names, t = taskset.names, len(taskset)
     view = selection_view(taskset)

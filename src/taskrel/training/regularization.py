@@ -40,6 +40,7 @@ from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError, DataError, format_validation_error
 from taskrel.models import build_model, model_class
 from taskrel.models.base import ModelConfig, MTLModel
+from taskrel.notices import notice
 from taskrel.seeding import seed_everything
 from taskrel.training.trainer import TrainConfig, resolve_train_config, train, validation_loss
 
@@ -123,6 +124,54 @@ def carve_validation(taskset: TaskSet, fraction: float = VAL_FRACTION, seed: int
         kept = np.sort(task.train_idx[order[k:]])
         tasks.append(replace(task, train_idx=kept, val_idx=held))
     return taskset.with_tasks(tasks)
+
+
+def ensure_validation(
+    taskset: TaskSet, fraction: float = VAL_FRACTION, seed: int = 0, purpose: str = "select on"
+) -> tuple[TaskSet, dict[str, Any]]:
+    """``taskset`` with a validation split to choose on: unchanged when every task has one,
+    else with :func:`carve_validation` applied (one notice says so; whatever is then
+    trained uses the remaining training rows). Returns the task set and a description
+    ``{"split": "val", "carved", "rows_per_task", ["val_fraction", "seed"]}``.
+
+    Raises:
+        DataError: some tasks have validation rows and others not, or a task has fewer
+            than 2 training rows to carve from.
+    """
+    lacking = [t.name for t in taskset.tasks if not len(t.val_idx)]
+    if 0 < len(lacking) < len(taskset):
+        raise DataError(
+            f"tasks {lacking} have no validation rows but others do; give every task a "
+            "validation split (or none, to carve one from the training rows)"
+        )
+    small = [t.name for t in taskset.tasks if len(t.train_idx) < 2]
+    if lacking and small:
+        raise DataError(
+            f"tasks {small} have fewer than 2 training rows: no validation split can be "
+            f"carved to {purpose}; give the data a validation split (data option val=...)"
+        )
+    base = carve_validation(taskset, fraction, seed) if lacking else taskset
+    info: dict[str, Any] = {
+        "split": "val",
+        "carved": bool(lacking),
+        "rows_per_task": {t.name: len(t.val_idx) for t in base.tasks},
+    }
+    if lacking:
+        info.update(val_fraction=fraction, seed=seed)
+        notice(
+            f"the data have no validation split: carved {fraction:g} of each task's "
+            f"training rows (seed {seed}) to {purpose}; every setting trains on the "
+            "remaining rows"
+        )
+    return base, info
+
+
+def validation_as_test(taskset: TaskSet) -> TaskSet:
+    """The view a choice is made on: each task's *test* split is its validation split (the
+    real test rows are left out entirely) and it has no validation split of its own."""
+    return taskset.with_tasks(
+        [replace(t, test_idx=t.val_idx, val_idx=t.val_idx[:0]) for t in taskset.tasks]
+    )
 
 
 def _parse(model: str, config: ModelConfig | Mapping[str, Any] | None) -> ModelConfig:
