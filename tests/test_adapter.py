@@ -19,14 +19,6 @@ from taskrel.relatedness.adapter import ModuleAdapter, mtif
 from taskrel.relatedness.mtif import MTIF
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Plain(nn.Module):
     """A user's network: a tanh body and one linear head per task, forward(x, task)."""
 

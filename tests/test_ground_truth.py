@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from taskrel.data.taskset import TaskSet
 from taskrel.execution import Executor, Job
@@ -41,14 +40,6 @@ DATA = {
     },
     "standardize": "task",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,6 @@ from taskrel.relatedness.influence import (
 from taskrel.relatedness.mtif import MTLFunctions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops are much faster single-threaded on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mlp_functions() -> MTLFunctions:
     ts = load(

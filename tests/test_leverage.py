@@ -21,14 +21,6 @@ CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
 EXACT = TrainConfig(optimizer="newton", lr=1.0, epochs=2, patience=None, dtype="float64")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small_regression() -> TaskSet:
     """4 regression tasks with 20 training rows each: high-leverage removals."""

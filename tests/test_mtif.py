@@ -20,14 +20,6 @@ LBFGS = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def regression() -> TaskSet:
     """4 linear regression tasks (2 clusters of 2) with 150 training rows each."""

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
@@ -26,14 +25,6 @@ EXACT = TrainConfig(
     optimizer="lbfgs", lr=1.0, epochs=1, lbfgs_max_iter=300, patience=None, dtype="float64"
 )
 SUBSETS = [[0, 1], [0, 2, 4], [1, 2, 3, 4], [3]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _taskset(name: str, seed: int) -> TaskSet:
