@@ -1,79 +1,114 @@
-"""Benchmark: output-level feedback MTL on ATIS and SNIPS (intent + slots).
+"""Benchmark: output-level feedback MTL on ATIS and SNIPS (intent + slots), on two base
+models.
 
-Trains the joint BiLSTM base model (``slu``, the K = 0 baseline) and feedback variants
-over several seeds and reports test intent accuracy, slot F1 (seqeval span F1) and
-sentence (overall) accuracy as mean ± std, the feedback read-out (loss rise when an edge is
-removed, gate choices) and training seconds per epoch.
+Trains each base model (``slu``: joint BiLSTM-CRF; ``slu-stack``: Stack-Propagation style)
+alone and wrapped in feedback MTL, with and without the character CNN, over paired seeds
+(the same seed gives the same data order and, within a base, the same initial base
+weights), and reports test intent accuracy, slot F1 (seqeval span F1) and sentence
+(overall) accuracy as mean ± std, the paired per-seed differences with a paired t-test
+(feedback vs its base, characters vs none, stack vs joint), the feedback read-out (loss
+rise when an edge is removed, gate choices), seconds per epoch and the latency of
+``tag_sentence`` (what ``taskrel predict`` runs) for one utterance.
 
-Protocol: Adam, early stopping on the dev (``val``) loss (best dev epoch restored), never
-on test. Unseen test intents / slot tags (ATIS) count as errors. Each training job runs in
-its own process with ``--threads`` torch threads, ``--workers`` jobs at a time; seconds per
-epoch therefore include the per-epoch dev evaluation and depend on the machine's load.
-``--time-threads`` adds a separate timing of one ATIS epoch of the base and the main
-feedback model, run alone with that many threads.
+Protocol: Adam, early stopping on the dev (``val``) loss or ``--selection-metric`` (best
+dev epoch restored), never on test. Unseen test intents / slot tags (ATIS) count as errors.
+Jobs run in ``--jobs`` worker processes with one torch thread each, on ``--device`` (``cuda``
+moves models and batches to the GPU; the workers are then spawned, not forked). Seconds
+per epoch include the per-epoch dev evaluation and depend on the machine's load;
+``--time-threads`` adds a timing of one ATIS epoch of every base and its feedback model,
+run alone. Every finished run is cached (``--cache``, default ``.bench-cache/feedback_slu``):
+rerunning the same command resumes, and ``--merge`` summarises earlier ``--out`` files
+together. The markdown tables are also written next to ``--out`` (``.md``).
 
-    python benchmarks/feedback_slu.py --quick --out quick.json
-    python benchmarks/feedback_slu.py --out full.json --workers 16
+    python benchmarks/feedback_slu.py --quick --jobs 2 --out quick.json
+    python benchmarks/feedback_slu.py --jobs 16 --device cuda --out results/full.json \\
+        --cache results/cache
     python benchmarks/feedback_slu.py --merge main.json ablations.json --out all.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _harness import cached, machine_load, mean_std, parser, pm, setup, write_out
+from scipy import stats
+
+from taskrel.execution import ResultCache
 
 # the main feedback model: K = 2, hinge convergence loss (our formulation) on
 FEEDBACK = {"iterations": 2, "gate_points": ["encoder", "decoder"]}
 NO_CONVERGENCE = {"convergence_weight": 0.0}
 SQUARED = {"convergence": "squared"}
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "base (K=0)": ("slu", {}),
-    "base + chars": ("slu", {"char_filters": 50}),
-    "feedback": ("feedback", FEEDBACK),
-    "fixed: embedding": ("feedback", {**FEEDBACK, "infusion": "embedding"}),
-    "fixed: encoder": ("feedback", {**FEEDBACK, "infusion": "encoder"}),
-    "fixed: decoder": ("feedback", {**FEEDBACK, "infusion": "decoder"}),
-    "gate incl. embedding": ("feedback", {**FEEDBACK, "gate_points": None}),
-    "gate + none": ("feedback", {**FEEDBACK, "gate_none": True}),
-    "intent->slots only": ("feedback", {**FEEDBACK, "edges": ["intent->slots"]}),
-    "slots->intent only": ("feedback", {**FEEDBACK, "edges": ["slots->intent"]}),
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "base": None,  # the base model itself (K = 0)
+    "feedback": FEEDBACK,
+    "fixed: embedding": {**FEEDBACK, "infusion": "embedding"},
+    "fixed: encoder": {**FEEDBACK, "infusion": "encoder"},
+    "fixed: decoder": {**FEEDBACK, "infusion": "decoder"},
+    "gate incl. embedding": {**FEEDBACK, "gate_points": None},
+    "gate + none": {**FEEDBACK, "gate_none": True},
+    "intent->slots only": {**FEEDBACK, "edges": ["intent->slots"]},
+    "slots->intent only": {**FEEDBACK, "edges": ["slots->intent"]},
     # iterations x convergence loss, one row each ("feedback" is K=2 with the hinge; the
     # hinge is identically 0 for K=1, so K=1 has no "hinge" row)
-    "K=2, no convergence loss": ("feedback", {**FEEDBACK, **NO_CONVERGENCE}),
-    "K=2, squared convergence loss": ("feedback", {**FEEDBACK, **SQUARED}),
-    "K=1, no convergence loss": ("feedback", {**FEEDBACK, "iterations": 1, **NO_CONVERGENCE}),
-    "K=1, squared convergence loss": ("feedback", {**FEEDBACK, "iterations": 1, **SQUARED}),
+    "K=2, no convergence loss": {**FEEDBACK, **NO_CONVERGENCE},
+    "K=2, squared convergence loss": {**FEEDBACK, **SQUARED},
+    "K=1, no convergence loss": {**FEEDBACK, "iterations": 1, **NO_CONVERGENCE},
+    "K=1, squared convergence loss": {**FEEDBACK, "iterations": 1, **SQUARED},
 }
-MAIN = ("base (K=0)", "feedback")
-# not ablations of feedback: the embedding gate costs ~4x, chars change the base model
-ABLATIONS = [v for v in VARIANTS if v not in ("gate incl. embedding", "base + chars")]
+MAIN = ("base", "feedback")
+# not ablations of feedback: the embedding gate costs ~4x
+ABLATIONS = [v for v in VARIANTS if v != "gate incl. embedding"]
+BASES = {"slu": "slu", "slu-stack": "stack"}  # base model -> its options key in feedback
 METRICS = ("intent_accuracy", "slot_f1", "overall_accuracy")
+CACHE_VERSION = 2  # bump when a change invalidates cached runs
+LATENCY_SENTENCE = "show me the cheapest round trip flights from boston to denver on monday"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One training run."""
+    """One training run: ``base`` model alone or wrapped by ``variant``'s feedback
+    options, with ``chars`` character-CNN filters (0: none)."""
 
     dataset: str
+    base: str
     variant: str
+    chars: int
     seed: int
     epochs: int
     patience: int
     batch_size: int
     lr: float
     n_train: int | None = None
+    n_val: int | None = None
     n_test: int | None = None
     slu: dict[str, Any] = field(default_factory=dict)
     selection_metric: str | None = None
+
+    def model(self) -> tuple[str, dict[str, Any]]:
+        """Registry name and options of this job's model (the ``slu`` options that the
+        base's config has, e.g. ``attention_dim`` only for ``slu-stack``)."""
+        from taskrel.models import model_class
+
+        fields = model_class(self.base).Config.model_fields
+        body = {k: v for k, v in self.slu.items() if k in fields} | {"char_filters": self.chars}
+        options = VARIANTS[self.variant]
+        if options is None:
+            return self.base, body
+        return "feedback", {**options, "base": self.base, BASES[self.base]: body}
 
 
 def _init_worker(threads: int) -> None:
@@ -82,29 +117,30 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def load_data(dataset: str, n_train: int | None, n_test: int | None) -> Any:
-    """ATIS/SNIPS, optionally with fewer training and test utterances."""
+@functools.cache
+def load_data(dataset: str, n_train: int | None, n_val: int | None, n_test: int | None) -> Any:
+    """ATIS/SNIPS, optionally with fewer training, dev and test utterances (loaded once
+    per process)."""
     from taskrel.data import load
 
     ts = load(dataset, n_train=n_train, seed=0)
-    if n_test is None:
-        return ts
-    return ts.with_tasks([replace(t, test_idx=t.test_idx[:n_test]) for t in ts.tasks])
+    return ts.with_tasks(
+        [replace(t, val_idx=t.val_idx[:n_val], test_idx=t.test_idx[:n_test]) for t in ts.tasks]
+    )
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one model; test scores, feedback read-out and timings."""
+def run_job(job: Job, device: str = "cpu") -> dict[str, Any]:
+    """Train one model on ``device``; test scores, feedback read-out and timings."""
     from taskrel.models import build_model
     from taskrel.models.feedback import FeedbackMTL, feedback_relatedness
     from taskrel.relatedness import RelateContext
     from taskrel.seeding import seed_everything
     from taskrel.training.trainer import TrainConfig, train
 
-    ts = load_data(job.dataset, job.n_train, job.n_test)
-    name, options = VARIANTS[job.variant]
-    options = {**options, "slu": job.slu} if name == "feedback" else {**options, **job.slu}
+    ts = load_data(job.dataset, job.n_train, job.n_val, job.n_test)
+    name, options = job.model()
     seed_everything(job.seed)
-    model = build_model(name, ts, options)
+    model = build_model(name, ts, options).to(device)
     cfg = TrainConfig(
         epochs=job.epochs,
         patience=job.patience,
@@ -114,15 +150,26 @@ def run_job(job: Job) -> dict[str, Any]:
         seed=job.seed,
         selection_metric=job.selection_metric,
     )
-    start = time.perf_counter()
-    result = train(model, ts, cfg, progress=False)
-    seconds = time.perf_counter() - start
+    ends: list[tuple[float, float]] = []  # (wall, this process's CPU) seconds
+
+    def clock(*_: Any) -> None:
+        ends.append((time.perf_counter(), time.process_time()))
+
+    clock()
+    result = train(model, ts, cfg, progress=False, on_epoch=clock)
+    seconds = time.perf_counter() - ends[0][0]
+    epochs = len(ends) - 1
     out: dict[str, Any] = {
-        **job.__dict__,
+        **asdict(job),
+        "device": device,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "train_seconds": seconds,
-        "seconds_per_epoch": seconds / result.epochs_run,
+        # training steps + dev evaluation, without the final convergence check; CPU
+        # seconds (all threads of the process) do not grow when other processes load the
+        # machine, so they estimate the wall time on idle cores of a one-thread run
+        "seconds_per_epoch": (ends[-1][0] - ends[0][0]) / epochs,
+        "cpu_seconds_per_epoch": (ends[-1][1] - ends[0][1]) / epochs,
         "test": model.extra_metrics(ts, "test"),
         "dev": model.extra_metrics(ts, "val"),
     }
@@ -137,46 +184,71 @@ def run_job(job: Job) -> dict[str, Any]:
     return out
 
 
+def run_cached(job: Job, device: str, cache_dir: str | None) -> dict[str, Any]:
+    """:func:`run_job`, or its cached result (the key is the job, not the device)."""
+    cache = ResultCache(cache_dir) if cache_dir is not None else None
+    key = ["feedback_slu", CACHE_VERSION, asdict(job)]
+    return dict(cached(cache, key, lambda: run_job(job, device)))
+
+
 def time_epoch(
-    dataset: str, variant: str, threads: int, batch_size: int, slu: dict[str, Any]
-) -> float:
-    """Seconds of one training epoch (with the dev evaluation), run in this process."""
+    base: str, variant: str, threads: int, device: str, chars: int = 0
+) -> dict[str, float]:
+    """Wall and CPU seconds of one ATIS training epoch (with the dev evaluation) of the
+    default-size model, run in this process with ``threads`` torch threads."""
     _init_worker(threads)
-    job = Job(dataset, variant, 0, epochs=1, patience=1, batch_size=batch_size, lr=1e-3, slu=slu)
-    return float(run_job(job)["seconds_per_epoch"])
+    job = Job("atis", base, variant, chars, 0, epochs=1, patience=1, batch_size=32, lr=1e-3)
+    run = run_job(job, device)
+    return {"wall": run["seconds_per_epoch"], "cpu": run["cpu_seconds_per_epoch"]}
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+def predict_latency(chars: int, repeats: int = 30) -> dict[str, float]:
+    """Median milliseconds of :func:`taskrel.models.slu.tag_sentence` on one ATIS
+    utterance, after loading, per base and base + feedback at the default model size with
+    ``chars`` character filters (one thread, CPU; the weights are untrained, which does
+    not change the cost)."""
+    import torch
+
+    from taskrel.models import build_model
+    from taskrel.models.slu import tag_sentence
+
+    torch.set_num_threads(1)
+    ts = load_data("atis", None, None, None)
+    latency = {}
+    for base in BASES:
+        for variant in MAIN:
+            torch.manual_seed(0)
+            name, options = Job("atis", base, variant, chars, 0, 1, 1, 32, 1e-3).model()
+            model = build_model(name, ts, options).eval()
+            times = []
+            for _ in range(repeats + 3):  # 3 warm-up calls
+                start = time.perf_counter()
+                tag_sentence(model, ts, LATENCY_SENTENCE)
+                times.append(1000 * (time.perf_counter() - start))
+            label = base if variant == "base" else f"{base} + feedback"
+            latency[label] = float(np.median(times[3:]))
+    return latency
+
+
+# -- statistics ---------------------------------------------------------------------------
+GROUP = ("dataset", "base", "chars", "variant", "epochs")
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds per (dataset, variant), in run order."""
+    """Mean ± std over seeds per (dataset, base, chars, variant, epochs), in run order."""
     rows: list[dict[str, Any]] = []
-    keys = list(dict.fromkeys((r["dataset"], r["variant"], r["epochs"]) for r in results))
+    keys = list(dict.fromkeys(tuple(r[k] for k in GROUP) for r in results))
     for key in keys:
-        runs = [r for r in results if (r["dataset"], r["variant"], r["epochs"]) == key]
-        dataset, variant, _ = key
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "variant": variant,
-            "seeds": len(runs),
-            "epochs": runs[0]["epochs"],
-            "epochs_run": [r["epochs_run"] for r in runs],
-        }
+        runs = [r for r in results if tuple(r[k] for k in GROUP) == key]
+        row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        row.update(seeds=[r["seed"] for r in runs], epochs_run=[r["epochs_run"] for r in runs])
         for m in METRICS:
-            row[f"test_{m}_mean"], row[f"test_{m}_std"] = mean_std(
-                [100 * r["test"][m] for r in runs]
-            )
-        row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"] = mean_std(
-            [r["seconds_per_epoch"] for r in runs]
-        )
+            row[f"test_{m}"] = mean_std([100 * r["test"][m] for r in runs])
+        for clock in ("seconds_per_epoch", "cpu_seconds_per_epoch"):
+            row[clock] = mean_std([r.get(clock, float("nan")) for r in runs])
         if "relatedness" in runs[0]:
             for edge in runs[0]["relatedness"]:
-                row[f"relatedness_{edge}_mean"], row[f"relatedness_{edge}_std"] = mean_std(
-                    [r["relatedness"][edge] for r in runs]
-                )
+                row[f"relatedness_{edge}"] = mean_std([r["relatedness"][edge] for r in runs])
             row["gate_choices"] = [
                 {g["source"] + "->" + g["target"]: g["chosen"] for g in r["gates"]} for r in runs
             ]
@@ -184,194 +256,337 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def paired(
+    results: list[dict[str, Any]], factor: str, treated: Any, control: Any
+) -> list[dict[str, Any]]:
+    """Paired comparisons of ``factor == treated`` against ``factor == control`` with every
+    other setting equal, paired by seed: per-seed differences of each test metric in
+    points (treated − control), their mean ± std, wins, and the two-sided paired t-test
+    p-value (NaN with fewer than 2 pairs)."""
+    others = [k for k in GROUP if k != factor]
+    index = {(tuple(r[k] for k in others), r[factor], r["seed"]): r for r in results}
+    comparisons = []
+    for setting in dict.fromkeys(tuple(r[k] for k in others) for r in results):
+        seeds = sorted(
+            s for (o, f, s) in index if o == setting and f == treated and (o, control, s) in index
+        )
+        if not seeds:
+            continue
+        row: dict[str, Any] = {
+            **dict(zip(others, setting, strict=True)),
+            "compare": f"{factor}: {treated} − {control}",
+            "seeds": seeds,
+        }
+        for m in METRICS:
+            diffs = [
+                100
+                * (
+                    index[(setting, treated, s)]["test"][m]
+                    - index[(setting, control, s)]["test"][m]
+                )
+                for s in seeds
+            ]
+            row[f"diff_{m}"] = {
+                **mean_std(diffs),
+                "per_seed": diffs,
+                "wins": int(sum(d > 0 for d in diffs)),
+                "p_paired_t": float(stats.ttest_1samp(diffs, 0.0).pvalue)
+                if len(diffs) > 1 and np.std(diffs) > 0
+                else float("nan"),
+            }
+        comparisons.append(row)
+    return comparisons
+
+
+def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feedback (every variant) vs its base, characters vs none, stack vs joint base."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        if variant != "base":
+            out += paired(results, "variant", variant, "base")
+    for chars in sorted({r["chars"] for r in results} - {0}):
+        out += paired(results, "chars", chars, 0)
+    out += paired(results, "base", "slu-stack", "slu")
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> str:
     lines = [
-        "| data | variant | epochs | intent acc % | slot F1 % | overall % | s/epoch "
-        "| R[slots,intent] | R[intent,slots] |",
-        "|---" * 9 + "|",
+        "| data | base | chars | variant | epochs | intent acc % | slot F1 % | overall % "
+        "| s/epoch (CPU s) | R[slots,intent] | R[intent,slots] |",
+        "|---" * 11 + "|",
     ]
     for r in rows:
-        cells = [r["dataset"], r["variant"], str(r["epochs"])]
-        cells += [f"{r[f'test_{m}_mean']:.2f} ± {r[f'test_{m}_std']:.2f}" for m in METRICS]
-        cells.append(f"{r['seconds_per_epoch_mean']:.1f}")
+        cells = [r["dataset"], r["base"], str(r["chars"]), r["variant"], str(r["epochs"])]
+        cells += [pm(r[f"test_{m}"], 2) for m in METRICS]
+        cells.append(
+            f"{r['seconds_per_epoch']['mean']:.1f} ({r['cpu_seconds_per_epoch']['mean']:.1f})"
+        )
         for edge in ("intent->slots", "slots->intent"):
-            key = f"relatedness_{edge}_mean"
-            cells.append(f"{r[key]:+.4f} ± {r[f'relatedness_{edge}_std']:.4f}" if key in r else "-")
+            stat = r.get(f"relatedness_{edge}")
+            cells.append(f"{stat['mean']:+.4f} ± {stat['std']:.4f}" if stat else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired differences (treated − control, points; per seed; wins; two-sided paired "
+        "t-test p):",
+        "",
+        "| data | setting | comparison | epochs | Δ overall | per seed | wins | p "
+        "| Δ slot F1 | Δ intent acc |",
+        "|---" * 10 + "|",
+    ]
+    for c in pairs:
+        setting = ", ".join(
+            f"{k}={c[k]}" for k in ("base", "chars", "variant") if k in c and k != "epochs"
+        )
+        d = c["diff_overall_accuracy"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    c["dataset"],
+                    setting,
+                    c["compare"],
+                    str(c["epochs"]),
+                    pm(d, 2),
+                    " ".join(f"{v:+.2f}" for v in d["per_seed"]),
+                    f"{d['wins']}/{len(d['per_seed'])}",
+                    f"{d['p_paired_t']:.3f}",
+                    pm(c["diff_slot_f1"], 2),
+                    pm(c["diff_intent_accuracy"], 2),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
+# -- the grid -----------------------------------------------------------------------------
 def plan(args: argparse.Namespace) -> list[Job]:
     """The jobs of quick or full mode."""
     seeds = range(args.seeds)
     if args.quick:
-        small = {"embedding_dim": 32, "hidden": 32, "decoder_hidden": 32}
+        small = {"embedding_dim": 32, "hidden": 32, "decoder_hidden": 32, "attention_dim": 32}
         return [
-            Job(
-                "atis",
-                v,
-                s,
-                epochs=8,
-                patience=8,
-                batch_size=16,
-                lr=3e-3,
-                n_train=300,
-                n_test=300,
-                slu=small,
-            )
+            Job("atis", b, v, 0, s, 6, 6, 16, 1e-2, n_train=200, n_val=100, n_test=200, slu=small)
+            for b in args.bases
             for v in MAIN
             for s in seeds
         ]
     jobs = []
+    slu = {"word_dropout": args.word_dropout}
     for dataset in args.datasets:
         batch = 32 if dataset == "atis" else 64
         epochs = args.epochs if dataset == "atis" else args.snips_epochs
-        budgets = [(epochs, list(args.main))]
+        grid = [(epochs, list(args.main), args.bases, args.chars)]
         if dataset in args.ablation_datasets:
-            budgets.append((args.ablation_epochs, args.variants))
-        for n_epochs, variants in budgets:
+            grid.append((args.ablation_epochs, args.variants, ["slu"], [0]))
+        for n_epochs, variants, bases, chars in grid:
             jobs += [
                 Job(
                     dataset,
+                    b,
                     v,
+                    c,
                     s,
                     n_epochs,
                     args.patience,
                     batch,
                     lr=1e-3,
-                    slu={"word_dropout": args.word_dropout},
+                    slu=slu,
                     selection_metric=args.selection_metric,
                 )
+                for b in bases
+                for c in chars
                 for v in variants
                 for s in seeds
             ]
     return jobs
 
 
-def run_all(jobs: list[Job], args: argparse.Namespace, report: dict[str, Any]) -> None:
-    """Run ``jobs`` in ``args.workers`` processes into ``report['runs']`` (job order),
-    rewriting ``args.out`` after each one."""
-    results = report["runs"]
+def run_all(
+    jobs: list[Job],
+    args: argparse.Namespace,
+    cache: ResultCache | None,
+    on_result: Callable[[list[dict[str, Any]]], None],
+) -> list[dict[str, Any]]:
+    """Run (or fetch from the cache) ``jobs`` in ``args.jobs`` worker processes, seed by
+    seed (so that a run stopped early still has complete pairs), the longest jobs of a
+    seed first. ``on_result`` gets the finished runs (in job order) after each one. After
+    ``args.stop_after`` seconds no new job starts; the running ones finish."""
+    cache_dir = str(cache.directory) if cache is not None else None
+    method = "fork" if args.device == "cpu" else "spawn"  # CUDA cannot run in forked workers
+    deadline = time.perf_counter() + (args.stop_after or math.inf)
+    results: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(
-        args.workers, initializer=_init_worker, initargs=(args.threads,)
+        args.jobs,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(1,),
     ) as pool:
-        costly_first = sorted(jobs, key=lambda j: VARIANTS[j.variant][0] != "feedback")
-        futures = [pool.submit(run_job, j) for j in costly_first]
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            r = results[-1]
-            print(
-                f"done {r['dataset']} {r['variant']} seed {r['seed']}: "
-                + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
-                + f" ({r['seconds_per_epoch']:.1f} s/epoch)",
-                flush=True,
-            )
-            if args.out:
-                args.out.write_text(json.dumps(report, indent=2, default=str))
-    order = {(j.dataset, j.variant, j.epochs, j.seed): i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r["dataset"], r["variant"], r["epochs"], r["seed"])])
+        order = sorted(
+            range(len(jobs)),
+            key=lambda i: (
+                jobs[i].seed,
+                VARIANTS[jobs[i].variant] is None,
+                jobs[i].dataset != "snips",
+                jobs[i].chars == 0,
+            ),
+        )
+        futures = {pool.submit(run_cached, jobs[i], args.device, cache_dir): i for i in order}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut.cancelled():
+                    continue
+                r = results[futures[fut]] = fut.result()
+                print(
+                    f"done {r['dataset']} {r['base']} chars={r['chars']} {r['variant']} "
+                    f"seed {r['seed']}: "
+                    + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                    + f" ({r['seconds_per_epoch']:.1f} s/epoch, {len(results)}/{len(jobs)})",
+                    flush=True,
+                )
+                on_result([results[i] for i in sorted(results)])
+            if time.perf_counter() > deadline:
+                for fut in pending:
+                    fut.cancel()  # only jobs that have not started
+    if len(results) < len(jobs):
+        print(f"stopped: {len(jobs) - len(results)} of {len(jobs)} jobs not run", flush=True)
+    return [results[i] for i in sorted(results)]
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]], planned: int) -> dict[str, Any]:
+    """Runs, summary, paired comparisons and their markdown."""
+    figures: dict[str, Any] = {
+        "mode": "merge" if args.merge else "quick" if args.quick else "full",
+        "cpu_count": os.cpu_count(),
+        "jobs_planned": planned,
+        "jobs_finished": len(results),
+        "runs": results,
+        "summary": summarize(results),
+        "paired": comparisons(results),
+    }
+    figures["markdown"] = markdown(figures["summary"], figures["paired"])
+    return figures
+
+
+def save(args: argparse.Namespace, figures: dict[str, Any], started: float) -> None:
+    """``--out`` JSON and the markdown next to it (``.md``)."""
+    write_out(args, figures, started)
+    if args.out is not None:
+        args.out.with_suffix(".md").write_text(figures["markdown"] + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="ATIS subset, 2 variants, <60 s")
-    parser.add_argument("--out", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--datasets", nargs="+", default=["atis", "snips"])
-    parser.add_argument(
+    p = parser(__doc__.split("\n\n")[0], default_seeds=3)
+    p.add_argument("--datasets", nargs="*", default=["atis", "snips"])
+    p.add_argument("--bases", nargs="+", choices=list(BASES), default=list(BASES))
+    p.add_argument(
+        "--chars",
+        nargs="+",
+        type=int,
+        default=[0, 50],
+        help="character-CNN filters of the main grid (0: none); each value is a row",
+    )
+    p.add_argument(
         "--main",
         nargs="*",
         choices=list(VARIANTS),
         default=list(MAIN),
         help="variants of the main budget (--epochs, --snips-epochs)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--variants",
         nargs="+",
         choices=list(VARIANTS),
         default=list(ABLATIONS),
-        help="variants of the ablation budget",
+        help="variants of the ablation budget (slu base, no characters)",
     )
-    parser.add_argument("--ablation-datasets", nargs="*", default=["atis"])
-    parser.add_argument("--epochs", type=int, default=15, help="ATIS base and main feedback")
-    parser.add_argument("--snips-epochs", type=int, default=6, help="SNIPS base and feedback")
-    parser.add_argument("--ablation-epochs", type=int, default=4, help="every ablation variant")
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument(
-        "--word-dropout", type=float, default=0.0, help="JointSLU word_dropout (full mode)"
-    )
-    parser.add_argument(
+    p.add_argument("--ablation-datasets", nargs="*", default=[])
+    p.add_argument("--epochs", type=int, default=15, help="ATIS main budget")
+    p.add_argument("--snips-epochs", type=int, default=6, help="SNIPS main budget")
+    p.add_argument("--ablation-epochs", type=int, default=4, help="every ablation variant")
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--word-dropout", type=float, default=0.0, help="word_dropout (full mode)")
+    p.add_argument(
         "--selection-metric",
         choices=list(METRICS),
         help="early stopping on this dev metric instead of the dev loss (full mode)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="training jobs in parallel")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    parser.add_argument(
+    p.add_argument("--jobs", type=int, default=1, help="worker processes, one thread each")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="seconds after which no new job starts (running jobs finish; results so far "
+        "are summarised and cached)",
+    )
+    p.add_argument(
         "--time-threads",
         type=int,
         default=0,
-        help="also time one ATIS epoch alone with this many threads (0: no)",
+        help="also time one ATIS epoch of each base and its feedback alone (0: no)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--merge",
         nargs="+",
         type=Path,
         help="train nothing: summarise the runs of these earlier --out files together",
     )
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
+    cache = setup(args, "feedback_slu")
+    started = time.perf_counter()
     jobs = plan(args)
-    start = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    report: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full",
-        "arguments": {k: str(v) for k, v in vars(args).items()},
-        "cpu_count": os.cpu_count(),
-        "runs": results,
-    }
     if args.merge:
-        report["mode"] = "merge"
-        for path in args.merge:
-            results += json.loads(path.read_text())["runs"]
+        results = [r for path in args.merge for r in json.loads(path.read_text())["runs"]]
     else:
-        run_all(jobs, args, report)
-    report["summary"] = summarize(results)
-    if args.time_threads:
-        slu = jobs[0].slu if jobs else {}
-        timing = {v: time_epoch("atis", v, args.time_threads, 32, slu) for v in MAIN}
-        report["timing_alone"] = {
-            "threads": args.time_threads,
-            "seconds_per_atis_epoch": timing,
-            "feedback_over_base": timing["feedback"] / timing["base (K=0)"],
-        }
-    report["wall_seconds"] = time.perf_counter() - start
-    table = markdown(report["summary"])
-    report["markdown"] = table
-    print(table)
-    base_rows = {
-        (r["dataset"], r["epochs"]): r for r in report["summary"] if r["variant"] == "base (K=0)"
-    }
-    for r in report["summary"]:
-        base = base_rows.get((r["dataset"], r["epochs"]))
-        if base is not None and r is not base:
-            r["overall_gain_over_base"] = (
-                r["test_overall_accuracy_mean"] - base["test_overall_accuracy_mean"]
-            )
-            print(
-                f"{r['dataset']} {r['variant']} ({r['epochs']} epochs): overall accuracy "
-                f"{r['overall_gain_over_base']:+.2f} points vs base"
-            )
-    if "timing_alone" in report:
-        t = report["timing_alone"]
-        print(
-            f"one ATIS epoch alone, {t['threads']} threads: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in t["seconds_per_atis_epoch"].items())
-            + f" (feedback/base = {t['feedback_over_base']:.2f})"
+        results = run_all(
+            jobs, args, cache, lambda done: save(args, report(args, done, len(jobs)), started)
         )
-    print(f"wall time {report['wall_seconds']:.0f} s")
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2, default=str))
-    return report
+    figures = report(args, results, len(jobs))
+    figures["predict_ms_one_utterance"] = predict_latency(max(args.chars))
+    if args.time_threads:
+        figures["timing_alone"] = timing = {
+            "threads": args.time_threads,
+            "device": args.device,
+            "seconds_per_atis_epoch": {
+                f"{b} {v}": time_epoch(b, v, args.time_threads, args.device)
+                for b in args.bases
+                for v in MAIN
+            },
+        }
+        per = timing["seconds_per_atis_epoch"]
+        timing["feedback_over_base"] = {
+            b: {c: per[f"{b} feedback"][c] / per[f"{b} base"][c] for c in ("wall", "cpu")}
+            for b in args.bases
+        }
+        timing["machine_load"] = machine_load()
+    print(figures["markdown"])
+    print(
+        "tag_sentence, one utterance (ms): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in figures["predict_ms_one_utterance"].items())
+    )
+    if "timing_alone" in figures:
+        t = figures["timing_alone"]
+        print(
+            f"one ATIS epoch alone, {t['threads']} threads, {t['device']}: "
+            + ", ".join(
+                f"{k} {v['wall']:.1f} s ({v['cpu']:.1f} CPU s)"
+                for k, v in t["seconds_per_atis_epoch"].items()
+            )
+            + " (feedback/base: "
+            + ", ".join(
+                f"{b} {r['wall']:.2f} ({r['cpu']:.2f} CPU)"
+                for b, r in t["feedback_over_base"].items()
+            )
+            + ")"
+        )
+    print(f"wall time {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    save(args, figures, started)
+    return figures
 
 
 if __name__ == "__main__":

@@ -21,27 +21,53 @@ L-BFGS in float64 too (deterministic, so retraining differs only by the data); i
 retrainings start from the trained model (warm start: the nearby local optimum, which is
 what influence functions predict), and one case repeats it with cold-start retraining. Everything
 runs single-threaded in one process; other jobs on the machine make absolute times noisy,
-ratios less so.
+ratios less so. The regression MLP trains longer (5 L-BFGS epochs of 500 iterations) so that
+it reaches a stationary point; every case records ``relative_grad_norm`` (MTIF's
+``stationarity``) and whether ``H`` was positive definite.
+
+Ensembles (``--part ensemble``, the synthetic classification MLP trained with the converged
+preset; issue 15, item 4), per data seed:
+
+- ground truth: LOTO by cold retraining over ``--repeats`` R resampled splits
+  (:func:`loto_relatedness` with ``repeats``), its split-half reliability and noise ceiling
+  ``ceiling_loto`` (and, with ``--seed-repeats``, the seed-only self-agreement);
+- MTIF ensembles of K in ``--ks`` members on each of the same R repeats (paired), from one
+  set of ``max(ks)`` trained members per repeat (:func:`train_members`; an ensemble of K is
+  the first K members): ``agreement_mtif_kK_vs_loto`` (Spearman of the off-diagonal means,
+  with the bootstrap CI of :func:`agreement_ci`), its fraction of the ceiling, and
+  ``member_agreement_kK`` (mean pairwise Spearman of the members);
+- LDS with and without ensembles: the instance scores of the original split's K-member
+  ensemble against cold retraining without ``--lds-subsets`` random 50% subsets, the
+  ground truth being the mean test loss over two training seeds; ``lds_seed_self_agreement``
+  (per-task Spearman between the two seeds, averaged) and ``lds_ceiling`` (its
+  Spearman-Brown value for two seeds, square-rooted);
+- the epsilon-down-weight check on member 0: task j's loss weighted ``1 - eps``, the
+  objective re-optimised by L-BFGS *warm-started from theta_hat*, and the actual change of
+  every task's test loss compared with the first-order prediction ``eps R[i, j]``:
+  ``epsilon_EPS_spearman`` over the off-diagonal (deterministic: no ceiling below 1).
 
     python benchmarks/mtif_accuracy.py --quick --out quick.json
     python benchmarks/mtif_accuracy.py --out full.json
+    python benchmarks/mtif_accuracy.py --part ensemble --seeds 2 --ks 1,5,10
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+from _harness import cached, machine_load, markdown, mean_std, parser, pm, setup, write_out
+from torch import Tensor
 
+from taskrel.execution import ResultCache
 from taskrel.notices import collect
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.agreement import Correlation, agreement, correlate
+from taskrel.relatedness.ensemble import combine, train_members
 from taskrel.relatedness.ground_truth import (
     linear_datamodeling_score,
     load_data,
@@ -52,7 +78,9 @@ from taskrel.relatedness.ground_truth import (
     subset_losses,
     train_model,
 )
-from taskrel.relatedness.mtif import MTIF
+from taskrel.relatedness.mtif import MTIF, MTLFunctions
+from taskrel.relatedness.reliability import agreement_ci, spearman_brown
+from taskrel.relatedness.resample import plan_repeats, repeat_taskset
 from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
@@ -65,6 +93,8 @@ LBFGS = {
     "patience": None,
     "dtype": "float64",
 }
+CONVERGED = {**LBFGS, "epochs": 5, "lbfgs_max_iter": 500}
+"""The regression MLP needs this to reach ||grad J|| <= 1e-3 of the task gradient scale."""
 CORRELATIONS: tuple[Correlation, ...] = ("spearman", "pearson")
 SYN = {"n_per_task": 200, "train": 0.3, "val": 0.0}
 
@@ -100,12 +130,13 @@ CASES: dict[str, Case] = {
         "office-caltech", {"train": 0.1}, CONVEX, "none", solver="cg", loo=12, subsets=20, seeds=1
     ),
     "synthetic-regression / mlp": Case(
-        "synthetic-regression", SYN, MLP, loo=12, subsets=20, seeds=1, warm_start=True
+        "synthetic-regression", SYN, MLP, loo=12, subsets=20, warm_start=True, train=CONVERGED
     ),
     "synthetic / mlp": Case("synthetic", SYN, MLP, loo=12, subsets=20, seeds=1, warm_start=True),
     "synthetic / mlp (cold retrain)": Case("synthetic", SYN, MLP, loo=12, subsets=20, seeds=1),
 }
 QUICK = ("synthetic / convex",)
+QUICK_LOO = QUICK_SUBSETS = 6
 
 
 def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, float]:
@@ -134,7 +165,13 @@ def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, flo
         fixed, ids = engine.instance_scores("fixed")
         out["mtif_instance_s"] = time.perf_counter() - start
         renorm, _ = engine.instance_scores("renormalized")
-    out["hessian_positive_definite"] = float(not any("positive definite" in c for c in caught))
+    out["hessian_positive_definite"] = float(
+        not any("the Hessian is not positive definite" in c for c in caught)
+    )
+    out["newton_step_positive_definite"] = float(
+        not any("H - H_j is not positive definite" in c for c in caught)
+    )
+    out["relative_grad_norm"] = engine.stationarity["relative"]
     out["damping"] = engine.report.damping
     out["n_params"] = engine.fns.space.numel
 
@@ -174,19 +211,14 @@ def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, flo
 
 
 def summarize(values: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per key: mean, sample std (ddof=1) and n over seeds, and the values."""
     keys = [k for k in values[0] if all(k in v for v in values)]
-    return {
-        k: {
-            "mean": float(np.nanmean([v[k] for v in values])),
-            "std": float(np.nanstd([v[k] for v in values])),
-            "values": [v[k] for v in values],
-        }
-        for k in keys
-    }
+    return {k: {**mean_std([v[k] for v in values]), "values": [v[k] for v in values]} for k in keys}
 
 
 COLUMNS = (
     ("params", "n_params", 0),
+    ("‖∇J‖ rel.", "relative_grad_norm", 1),
     ("LOTO off ρ (1st)", "loto_first_order_off_spearman", 3),
     ("LOTO diag ρ (1st)", "loto_first_order_diag_spearman", 3),
     ("LOTO off ρ (Newton)", "loto_newton_off_spearman", 3),
@@ -202,62 +234,265 @@ COLUMNS = (
 )
 
 
+def cell(stats: dict[str, dict[str, Any]], key: str, digits: int) -> str:
+    """``mean ± std`` (n > 1), the value (n = 1) or ``–``."""
+    if key not in stats or not np.isfinite(stats[key]["mean"]):
+        return "–"
+    st = stats[key]
+    if key == "relative_grad_norm":
+        return f"{st['mean']:.1e}"
+    return pm(st, digits) if st["n"] > 1 else f"{st['mean']:.{digits}f}"
+
+
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    head = "| case | " + " | ".join(c[0] for c in COLUMNS) + " |"
-    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
-    for case, stats in results.items():
-        cells = []
-        for _, key, digits in COLUMNS:
-            if key not in stats:
-                cells.append("–")
-                continue
-            m, s, n = stats[key]["mean"], stats[key]["std"], len(stats[key]["values"])
-            cells.append(f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}")
-        lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[case, *(cell(st, key, d) for _, key, d in COLUMNS)] for case, st in results.items()]
+    return markdown(["case", *(c[0] for c in COLUMNS)], rows)
+
+
+# -- ensembles on the MLP ------------------------------------------------------------------
+ENSEMBLE_DATA = {"name": "synthetic", "options": SYN, "standardize": "task"}
+QUICK_DATA = {
+    "name": "synthetic",
+    "options": {**SYN, "n_per_task": 80, "n_features": 6, "clusters": 1, "cluster_size": 2},
+    "standardize": "task",
+}
+QUICK_MLP = {**MLP, "hidden": [6]}
+
+
+def reweighted_optimum(fns: MTLFunctions, weights: list[float], theta0: Tensor) -> Tensor:
+    """Minimiser of ``sum_t w_t G_t + penalty`` by full-batch L-BFGS (strong Wolfe) in
+    float64, warm-started from ``theta0`` ``(p,)``."""
+    theta = theta0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        value = fns.objective(theta, weights)
+        value.backward()
+        return value
+
+    for _ in range(4):
+        opt.step(closure)
+    return theta.detach()
+
+
+def epsilon_check(model: Any, taskset: Any, epsilons: list[float]) -> dict[str, float]:
+    """First-order MTIF vs re-optimisation with task j down-weighted by ``eps``: Spearman
+    over the off-diagonal and the diagonal of ``(T, T)`` actual vs predicted changes."""
+    engine = MTIF(model, taskset, solver="explicit")
+    first = engine.task_matrix()
+    fns, t = engine.fns, len(taskset)
+    base = torch.stack([fns.mean_loss(fns.theta, i, "test") for i in range(t)])
+    out: dict[str, float] = {}
+    for eps in epsilons:
+        actual = np.zeros((t, t))
+        for j in range(t):
+            weights = [1.0 - eps if k == j else 1.0 for k in range(t)]
+            theta = reweighted_optimum(fns, weights, fns.theta)
+            with torch.no_grad():
+                losses = torch.stack([fns.mean_loss(theta, i, "test") for i in range(t)])
+            actual[:, j] = (losses - base).numpy()
+        predicted = eps * first
+        out[f"epsilon_{eps:g}_spearman"] = agreement(predicted, actual, "off")
+        out[f"epsilon_{eps:g}_diag_spearman"] = agreement(predicted, actual, "diag")
+        scale = float(np.abs(actual).max())
+        out[f"epsilon_{eps:g}_max_abs_error_rel"] = float(np.abs(predicted - actual).max()) / scale
+    return out
+
+
+def run_ensemble(
+    spec: dict[str, Any],
+    model_config: dict[str, Any],
+    seed: int,
+    repeats: int,
+    ks: list[int],
+    n_subsets: int,
+    seed_repeats: int,
+    epsilons: list[float],
+    cache: ResultCache | None,
+) -> dict[str, float]:
+    """Every ensemble figure of one data seed (module docstring)."""
+    spec = {**spec, "options": {**spec["options"], "seed": seed}}
+    taskset = load_data(spec)
+    train_cfg = TrainConfig(**{**CONVERGED, "seed": seed})
+    ctx = RelateContext(
+        model="hard",
+        model_config=model_config,
+        train_config=train_cfg,
+        cache_dir=None if cache is None else cache.directory,
+    )
+    out: dict[str, float] = {"tasks": len(taskset)}
+    start = time.perf_counter()
+    truth = loto_relatedness(taskset, ctx, repeats=repeats, seed=seed, seed_repeats=seed_repeats)
+    out["loto_s"] = time.perf_counter() - start
+    out["reliability_loto"] = truth.meta["reliability"]
+    out["ceiling_loto"] = truth.meta["ceiling"]
+    if seed_repeats:
+        out["seed_only_agreement_loto"] = truth.meta["seed_only_agreement"]
+
+    kmax = max(ks)
+    members = []
+    start = time.perf_counter()
+    for rep in plan_repeats(taskset, repeats, seed, seed):
+        data = repeat_taskset(taskset, rep)
+        rctx = replace(ctx, train_config=train_cfg.model_copy(update={"seed": rep.train_seed}))
+        key = ("members", spec, model_config, CONVERGED, rep.index, rep.train_seed, kmax)
+        members.append(
+            cached(
+                cache,
+                key,
+                lambda d=data, c=rctx, i=rep.index: train_members(
+                    d, c, kmax, solver="explicit", instance=i == 0
+                ),
+            )
+        )
+    out["members_s"] = time.perf_counter() - start
+    for k in ks:
+        stack = np.stack([combine(m[:k]).matrix for m in members])
+        value, low, high = agreement_ci(stack, truth.meta["per_repeat"], seed=seed)
+        name = f"mtif_k{k}_vs_loto"
+        out[f"agreement_{name}"] = value
+        out[f"agreement_{name}_ci_low"] = low
+        out[f"agreement_{name}_ci_high"] = high
+        out[f"fraction_of_ceiling_{name}"] = value / out["ceiling_loto"]
+        if k > 1:
+            out[f"member_agreement_k{k}"] = float(
+                np.mean([combine(m[:k]).meta["member_agreement"] for m in members])
+            )
+
+    if n_subsets:
+        subsets = random_subsets(taskset, n_subsets, 0.5, seed)
+        runs = [
+            subset_losses(
+                taskset, replace(ctx, train_config=train_cfg.model_copy(update=u)), subsets
+            )
+            for u in ({"seed": seed}, {"seed": seed + 1})
+        ]
+        target = (runs[0] + runs[1]) / 2
+        per_task = [correlate(runs[0][:, i], runs[1][:, i]) for i in range(len(taskset))]
+        out["lds_seed_self_agreement"] = float(np.nanmean(per_task))
+        out["lds_ceiling"] = math.sqrt(max(spearman_brown(out["lds_seed_self_agreement"], 2), 0))
+        for k in ks:
+            ens = combine(members[0][:k])
+            assert ens.instance_scores is not None and ens.instance_ids is not None
+            lds = linear_datamodeling_score(ens.instance_scores, ens.instance_ids, subsets, target)
+            out[f"lds_mtif_k{k}"] = float(np.nanmean(lds))
+
+    if epsilons:
+        model = train_model(taskset, "hard", model_config, train_cfg)  # = member 0's model
+        out.update(epsilon_check(model, taskset, epsilons))
+    return out
+
+
+def ensemble_tables(stats: dict[str, dict[str, Any]], ks: list[int], eps: list[float]) -> str:
+    """Markdown: agreement and LDS per K beside their ceilings; the epsilon check."""
+
+    def get(key: str) -> str:
+        return cell(stats, key, 3)
+
+    rows = [
+        [
+            f"MTIF, K = {k}",
+            get(f"agreement_mtif_k{k}_vs_loto"),
+            get("ceiling_loto"),
+            get(f"fraction_of_ceiling_mtif_k{k}_vs_loto"),
+            get(f"member_agreement_k{k}") if k > 1 else "–",
+            get(f"lds_mtif_k{k}"),
+            get("lds_ceiling"),
+        ]
+        for k in ks
+    ]
+    head = [
+        "ensemble",
+        "ρ vs resampled LOTO (off-diag.)",
+        "ceiling_loto",
+        "fraction of ceiling",
+        "member agreement",
+        "LDS",
+        "LDS ceiling",
+    ]
+    eps_rows = [
+        [
+            f"{e:g}",
+            get(f"epsilon_{e:g}_spearman"),
+            get(f"epsilon_{e:g}_diag_spearman"),
+            get(f"epsilon_{e:g}_max_abs_error_rel"),
+        ]
+        for e in eps
+    ]
+    eps_head = ["ε", "ρ off-diag. (1st order vs actual)", "ρ diag.", "max |error| / max |actual|"]
+    return markdown(head, rows) + "\n\n" + markdown(eps_head, eps_rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 convex case, 1 seed (<60 s)")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--loo", type=int, default=20, help="LOO examples per case and seed")
-    parser.add_argument("--subsets", type=int, default=20, help="LDS subsets per case/seed")
-    parser.add_argument("--cases", default=None, help="comma-separated case names")
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    names = list(QUICK if args.quick else CASES)
-    if args.cases:
-        names = [c.strip() for c in args.cases.split(",")]
-    seeds = [0] if args.quick else list(range(args.seeds))
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    p = parser(__doc__.split("\n")[0], default_seeds=2)
+    p.add_argument("--part", choices=("all", "accuracy", "ensemble"), default="all")
+    p.add_argument("--loo", type=int, default=20, help="LOO examples per case and seed")
+    p.add_argument("--subsets", type=int, default=20, help="LDS subsets per case/seed")
+    p.add_argument("--cases", default=None, help="comma-separated case names")
+    p.add_argument("--repeats", type=int, default=4, help="resampled LOTO repeats (ensemble)")
+    p.add_argument("--seed-repeats", type=int, default=1, help="seed-only LOTO repeats")
+    p.add_argument("--ks", default="1,5", help="ensemble sizes, comma-separated")
+    p.add_argument("--lds-subsets", type=int, default=16, help="LDS subsets (ensemble part)")
+    p.add_argument("--epsilons", default="0.05,0.1,0.2", help="down-weights of the check")
+    args = p.parse_args()
+    cache = setup(args, "mtif_accuracy")
+    seeds = list(range(1 if args.quick else args.seeds))
+    figures: dict[str, Any] = {"mode": "quick" if args.quick else "full", "seeds": seeds}
     start = time.perf_counter()
-    for name in names:
-        case = CASES[name]
-        n_loo = 8 if args.quick else (case.loo or args.loo)
-        n_subsets = 8 if args.quick else (case.subsets or args.subsets)
-        runs = [run_case(case, s, n_loo, n_subsets) for s in seeds[: case.seeds or len(seeds)]]
-        results[name] = summarize(runs)
-        print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    doc = {
-        "mode": "quick" if args.quick else "full",
-        "seeds": seeds,
-        "wall_time_s": time.perf_counter() - start,
-        "results": results,
-        "cases": {
-            n: {
-                "data": CASES[n].spec(0),
-                "model": CASES[n].model,
-                "solver": CASES[n].solver,
-                "train": CASES[n].train,
-            }
+    if args.part in ("all", "accuracy"):
+        names = list(QUICK if args.quick else CASES)
+        if args.cases:
+            names = [c.strip() for c in args.cases.split(",")]
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in names:
+            case = CASES[name]
+            n_loo = QUICK_LOO if args.quick else (case.loo or args.loo)
+            n_sub = QUICK_SUBSETS if args.quick else (case.subsets or args.subsets)
+            use = seeds[: case.seeds or len(seeds)]
+            results[name] = summarize([run_case(case, s, n_loo, n_sub) for s in use])
+            print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+        figures["results"] = results
+        figures["cases"] = {
+            n: {"data": CASES[n].spec(0), "model": CASES[n].model, "train": CASES[n].train}
             for n in names
-        },
-    }
-    print(table(results))
-    if args.out:
-        args.out.write_text(json.dumps(doc, indent=2))
+        }
+        print(table(results))
+    if args.part in ("all", "ensemble"):
+        ks = [int(k) for k in args.ks.split(",")]
+        eps = [float(e) for e in args.epsilons.split(",")]
+        data, model = (QUICK_DATA, QUICK_MLP) if args.quick else (ENSEMBLE_DATA, MLP)
+        repeats, subsets, seed_repeats = (
+            (2, 6, 0) if args.quick else (args.repeats, args.lds_subsets, args.seed_repeats)
+        )
+        if args.quick:
+            ks = [1, 2]
+        runs = [
+            run_ensemble(data, model, s, repeats, ks, subsets, seed_repeats, eps, cache)
+            for s in seeds
+        ]
+        stats = summarize(runs)
+        figures["ensemble"] = {
+            "data": data,
+            "model": model,
+            "train": CONVERGED,
+            "repeats": repeats,
+            "ks": ks,
+            "lds_subsets": subsets,
+            "results": stats,
+        }
+        print(f"ensembles: done ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(ensemble_tables(stats, ks, eps))
+    figures["machine_load"] = machine_load()
+    write_out(args, figures, start)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,22 @@ of data, and what parallel backends give for retraining ground truth.
 3. Executors: leave-one-task-out retraining (T + 1 independent trainings) of 16 tasks
    run in-process, on a local process pool of 2 workers, and on a local Ray instance
    with 2 CPUs (Ray's start-up time is reported apart).
+4. Sample-space solves at scale (``--part scale``), each unit in a fresh process so that
+   its peak RSS is its own:
+
+   - *subset Newton* (issue 13): ``mtif-newton`` fitted on office-caltech at train=0.2
+     (convex hard sharing, 40,040 parameters, whose block-arrow solve would need 31.8 GB:
+     ``solver="auto"`` solves in the sample space) and asked all 15 subsets of its 4
+     tasks, against retraining those 15 subsets (regularisation pinned to the value chosen
+     on validation for all tasks); predicted vs retrained losses are compared too.
+   - *network* (issue 15): the MTIF task matrix of an MLP with hidden=[1024, 1024]
+     (1.09M parameters) on synthetic (8 tasks, 30 training rows each; the Gauss-Newton
+     sample-space solve ``woodbury-gn``, R = 240 rows) against one leave-one-task-out
+     retraining times T, with the library's default training of networks (Adam, early
+     stopping).
+
+   ``--quick`` runs both on small stand-ins (a 4-task synthetic convex model whose
+   sample space is small; an MLP with hidden=[128, 128]).
 
 Same model and protocol as ``relatedness_recovery.py`` (convex hard sharing, L-BFGS in
 float64; gradient cosine and lookahead affinity record mini-batch Adam). One torch thread
@@ -17,20 +33,27 @@ Usage::
 
     python benchmarks/scaling.py --quick --out scaling-quick.json
     python benchmarks/scaling.py --out scaling.json
+    python benchmarks/scaling.py --part scale --seeds 1 --out scaling-scale.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import multiprocessing
+import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _harness import mean_std
 from relatedness_recovery import ADAM, EXACT, FEEDBACK_MAX_TASKS, MODEL, pm, warm_up
+from scipy.stats import spearmanr
 
 from taskrel.data import load
 from taskrel.execution import Executor, LocalExecutor
@@ -101,12 +124,7 @@ def grid(
             print(f"  {label} seed {seed} done", flush=True)
         loto = np.mean(times["ground-truth"])
         out[label] = {
-            m: {
-                "mean": float(np.mean(v)),
-                "std": float(np.std(v)),
-                "n": len(v),
-                "ratio_to_loto": float(np.mean(v) / loto),
-            }
+            m: {**mean_std(v), "ratio_to_loto": float(np.mean(v) / loto)}
             for m, v in times.items()
             if v
         }
@@ -133,7 +151,7 @@ def executors(n_tasks: int, seeds: int, ray: bool) -> dict[str, dict[str, float]
             taskset = synthetic(n_tasks, 200, seed)
             rel = relate(taskset, "ground-truth", context(seed, make()))
             times.append(float(rel.meta["wall_time_s"]))
-        out[name] = {"mean": float(np.mean(times)), "std": float(np.std(times)), "n": len(times)}
+        out[name] = mean_std(times)
         print(f"  LOTO on {name}: {out[name]['mean']:.1f} s", flush=True)
     if ray:
         ray_executor.shutdown()
@@ -141,6 +159,209 @@ def executors(n_tasks: int, seeds: int, ray: bool) -> dict[str, dict[str, float]
     for name in backends:
         out[name]["speedup_vs_local_1"] = base / out[name]["mean"]
     return out
+
+
+# -- sample-space solves at scale (each unit in a fresh process: its own peak RSS) ----------
+SUBSET_DATA: dict[bool, dict[str, Any]] = {
+    False: {"name": "office-caltech", "options": {"train": 0.2, "val": 0.1}},
+    True: {  # 4 tasks, p = 1,512 parameters >= 4 R = 576 rows: the sample space is chosen
+        "name": "synthetic",
+        "options": {
+            "clusters": 1,
+            "cluster_size": 2,
+            "n_unrelated": 2,
+            "n_adversarial": 0,
+            "n_features": 100,
+            "n_classes": 3,
+            "n_per_task": 60,
+        },
+        "standardize": True,
+    },
+}
+SUBSET_CONFIG: dict[bool, dict[str, Any]] = {False: {}, True: MODEL}
+"""Model options of the subset case: chosen on validation (full run), pinned (quick)."""
+NETWORK_DATA = {"name": "synthetic", "options": {"n_per_task": 100}, "standardize": True}
+NETWORK_HIDDEN = {False: [1024, 1024], True: [128, 128]}
+NETWORK_L2 = 1e-4  # HardSharing's fixed value for networks (not tuned on validation)
+
+
+def _load(spec: dict[str, Any], seed: int) -> Any:
+    taskset = load(spec["name"], **spec["options"], seed=seed)
+    return taskset.standardize() if spec.get("standardize") else taskset
+
+
+def _in_process(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> dict[str, Any]:
+    """``fn(*args)`` with one torch thread, plus its wall seconds (``seconds``) and the
+    process's peak resident memory (``peak_rss_gb``, GB = 1e9 bytes; Linux reports KiB)."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    out = fn(*args)
+    out["seconds"] = time.perf_counter() - start
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    return out
+
+
+def measured(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a fresh (spawned) process; see :func:`_in_process`."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(_in_process, (fn, args))
+    return result
+
+
+def subset_newton(spec: dict[str, Any], options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train the convex model on all tasks (``"auto"`` regularisation in ``options`` chosen
+    on validation), fit ``mtif-newton`` and predict every subset of the tasks."""
+    from taskrel.decisions.predictors import make_predictor
+    from taskrel.relatedness.ground_truth import train_model
+    from taskrel.training.regularization import resolve_regularization
+
+    taskset = _load(spec, seed)
+    train = TrainConfig(seed=seed)
+    start = time.perf_counter()
+    config, _ = resolve_regularization(taskset, "hard", options, train)
+    model = train_model(taskset, "hard", config, train)
+    train_s = time.perf_counter() - start
+    ctx = RelateContext(model="hard", model_config=config, train_config=train)
+    n = len(taskset)
+    subsets = [s for k in range(1, n + 1) for s in itertools.combinations(range(n), k)]
+    predictor = make_predictor("mtif-newton", model=model).fit(taskset, ctx)
+    losses = predictor.subset_losses(subsets)
+    return {
+        "config": config,
+        "subsets": [list(s) for s in subsets],
+        "losses": losses.tolist(),
+        "train_s": train_s,
+        "fit_s": predictor.fit_time_s,
+        "predict_s": predictor.predict_time_s,
+        "solver_plan": predictor.meta["solver_plan"],
+        "damped_solves": predictor.meta["damped_solves"],
+    }
+
+
+def subset_retrain(
+    spec: dict[str, Any], seed: int, config: dict[str, Any], subsets: list[list[int]]
+) -> dict[str, Any]:
+    """Train one model per subset (the exact answer), with the pinned ``config``."""
+    from taskrel.relatedness.ground_truth import task_subset_losses
+
+    taskset = _load(spec, seed)
+    ctx = RelateContext(model="hard", model_config=config, train_config=TrainConfig(seed=seed))
+    return {"losses": task_subset_losses(taskset, ctx, subsets).tolist()}
+
+
+def network_mtif(spec: dict[str, Any], hidden: list[int], seed: int) -> dict[str, Any]:
+    """Train the MLP on all tasks, then its first-order MTIF task matrix."""
+    from taskrel.relatedness.ground_truth import train_model
+    from taskrel.relatedness.mtif import MTIF
+
+    taskset = _load(spec, seed)
+    config = {"hidden": hidden, "l2": NETWORK_L2}
+    start = time.perf_counter()
+    model = train_model(taskset, "hard", config, TrainConfig(seed=seed))
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    engine = MTIF(model, taskset)
+    result = engine.relatedness(instance=False)
+    return {
+        "n_params": engine.fns.space.numel,
+        "tasks": len(taskset),
+        "train_s": train_s,
+        "mtif_s": time.perf_counter() - start,
+        "mtif_timings_s": result.meta["timings_s"],
+        "solver_plan": result.meta["solver_plan"],
+        "stationarity": result.meta["diagnostics"]["stationarity"],
+    }
+
+
+def network_loto_one(spec: dict[str, Any], hidden: list[int], seed: int) -> dict[str, Any]:
+    """One leave-one-task-out retraining (without task 0) of the same MLP."""
+    from taskrel.relatedness.ground_truth import train_model
+
+    taskset = _load(spec, seed)
+    config = {"hidden": hidden, "l2": NETWORK_L2}
+    start = time.perf_counter()
+    train_model(taskset, "hard", config, TrainConfig(seed=seed), without_tasks=[0])
+    return {"retrain_s": time.perf_counter() - start}
+
+
+def scale(quick: bool, seeds: int) -> dict[str, Any]:
+    """Both scale cases over ``seeds`` seeds (figures: see the module docstring)."""
+    spec = SUBSET_DATA[quick]
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(float(value))
+
+    plans = {}
+    for seed in range(seeds):
+        newton = measured(subset_newton, spec, SUBSET_CONFIG[quick], seed)
+        retrain = measured(subset_retrain, spec, seed, newton["config"], newton["subsets"])
+        predicted, exact = np.asarray(newton["losses"]), np.asarray(retrain["losses"])
+        mask = ~np.isnan(exact)
+        add("subsets_newton_s", newton["fit_s"] + newton["predict_s"])
+        add(
+            "subsets_newton_with_training_s",
+            newton["fit_s"] + newton["predict_s"] + newton["train_s"],
+        )
+        add("subsets_retrain_s", retrain["seconds"])
+        add("subsets_newton_rss_gb", newton["peak_rss_gb"])
+        add("subsets_retrain_rss_gb", retrain["peak_rss_gb"])
+        add("subsets_speedup", retrain["seconds"] / (newton["fit_s"] + newton["predict_s"]))
+        add("subsets_spearman", spearmanr(predicted[mask], exact[mask])[0])
+        add("subsets_max_rel_err", np.max(np.abs(predicted[mask] / exact[mask] - 1)))
+        plans["subsets"] = newton["solver_plan"]
+        print(f"  subset Newton seed {seed} done", flush=True)
+        hidden = NETWORK_HIDDEN[quick]
+        net = measured(network_mtif, NETWORK_DATA, hidden, seed)
+        one = measured(network_loto_one, NETWORK_DATA, hidden, seed)
+        loto = one["retrain_s"] * net["tasks"]
+        add("network_params", net["n_params"])
+        add("network_train_s", net["train_s"])
+        add("network_mtif_s", net["mtif_s"])
+        add("network_loto_s", loto)
+        add("network_speedup", loto / net["mtif_s"])
+        add("network_mtif_rss_gb", net["peak_rss_gb"])
+        add("network_retrain_rss_gb", one["peak_rss_gb"])
+        add("network_stationarity_relative", net["stationarity"]["relative"])
+        plans["network"] = net["solver_plan"]
+        print(f"  network seed {seed} done", flush=True)
+    return {
+        "subset_data": spec,
+        "network_data": NETWORK_DATA,
+        "network_hidden": NETWORK_HIDDEN[quick],
+        "figures": {k: mean_std(v) for k, v in rows.items()},
+        "solver_plans": plans,
+    }
+
+
+def scale_markdown(table: dict[str, Any]) -> str:
+    f = table["figures"]
+    sub, net = table["solver_plans"]["subsets"], table["solver_plans"]["network"]
+    lines = [
+        "### Sample-space solves at scale",
+        "",
+        "| case | parameters | solver | method time (s) | reference time (s) | speedup | "
+        "peak RSS method / reference (GB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| subset Newton, {table['subset_data']['name']}, all subsets | {sub['n_params']:,} | "
+        f"{sub['solver']} (R = {sub['sample_rows']:,}) | {pm(f['subsets_newton_s'], 1)} | "
+        f"{pm(f['subsets_retrain_s'], 1)} (retrain each) | {pm(f['subsets_speedup'], 1)} | "
+        f"{pm(f['subsets_newton_rss_gb'], 2)} / {pm(f['subsets_retrain_rss_gb'], 2)} |",
+        f"| MTIF task matrix, MLP {table['network_hidden']} | {net['n_params']:,} | "
+        f"{net['solver']} (R = {net['sample_rows']:,}) | {pm(f['network_mtif_s'], 1)} | "
+        f"{pm(f['network_loto_s'], 1)} (LOTO: one retraining × T) | "
+        f"{pm(f['network_speedup'], 1)} | "
+        f"{pm(f['network_mtif_rss_gb'], 2)} / {pm(f['network_retrain_rss_gb'], 2)} |",
+        "",
+        f"Subset Newton vs retraining: Spearman {pm(f['subsets_spearman'], 4)}, largest "
+        f"relative error {pm(f['subsets_max_rel_err'], 4)}; with the training of the full "
+        f"model (regularisation search, if any) {pm(f['subsets_newton_with_training_s'], 1)} s. "
+        f"Network: trained in {pm(f['network_train_s'], 1)} s, ‖∇J‖ at "
+        f"{pm(f['network_stationarity_relative'], 2)} of the per-example gradient scale "
+        "(Adam with early stopping is not at an optimum). Wall seconds, mean ± std over seeds; "
+        "peak RSS of the measuring process (including ~0.4 GB of imports).",
+    ]
+    return "\n".join(lines)
 
 
 def markdown(title: str, table: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -164,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run (< 60 s)")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument(
+        "--part",
+        choices=("all", "grid", "scale"),
+        default="all",
+        help="grid: sections 1-3 (methods, backends); scale: section 4 (sample-space solves)",
+    )
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
     parser.add_argument(
         "--feedback-max-tasks",
@@ -176,42 +403,54 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     seeds = args.seeds or 2
     methods = ["mtif", "gradient", "affinity", "ground-truth"] if args.quick else list(METHODS)
-    warm_up(tuple(methods))
     start = time.perf_counter()
-    if args.quick:  # no executor comparison: worker start-up alone exceeds the budget
-        tasks = grid([(4, 100), (8, 100)], methods, seeds, "T")
-        data = grid([(4, 50), (4, 200)], methods, seeds, "n")
-        backends: dict[str, dict[str, float]] = {}
-    else:
-        tasks = grid([(4, 200), (16, 200), (64, 200)], methods, seeds, "T", args.feedback_max_tasks)
-        data = grid([(8, 100), (8, 400), (8, 1600)], methods, seeds, "n")
-        backends = executors(16, seeds, ray=not args.no_ray)
+    tasks: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    backends: dict[str, dict[str, float]] = {}
+    if args.part in ("all", "grid"):
+        warm_up(tuple(methods))
+        if args.quick:  # no executor comparison: worker start-up alone exceeds the budget
+            tasks = grid([(4, 100), (8, 100)], methods, seeds, "T")
+            data = grid([(4, 50), (4, 200)], methods, seeds, "n")
+        else:
+            tasks = grid(
+                [(4, 200), (16, 200), (64, 200)], methods, seeds, "T", args.feedback_max_tasks
+            )
+            data = grid([(8, 100), (8, 400), (8, 1600)], methods, seeds, "n")
+            backends = executors(16, seeds, ray=not args.no_ray)
+        print(markdown("Time vs number of tasks (200 examples per task)", tasks))
+        print()
+        print(markdown("Time vs examples per task", data))
+        print("\n### LOTO retraining by backend (16 tasks)\n")
+        print("| backend | wall time (s) | speedup |\n|---|---|---|")
+        for name, row in backends.items():
+            speed = f"{row['speedup_vs_local_1']:.2f}" if "speedup_vs_local_1" in row else "–"
+            print(f"| {name} | {pm(row, 1)} | {speed} |")
+    at_scale = scale(args.quick, 1 if args.quick else seeds) if args.part != "grid" else {}
+    if at_scale:
+        print()
+        print(scale_markdown(at_scale))
     total = time.perf_counter() - start
-    print(markdown("Time vs number of tasks (200 examples per task)", tasks))
-    print()
-    print(markdown("Time vs examples per task", data))
-    print("\n### LOTO retraining by backend (16 tasks)\n")
-    print("| backend | wall time (s) | speedup |\n|---|---|---|")
-    for name, row in backends.items():
-        speed = f"{row['speedup_vs_local_1']:.2f}" if "speedup_vs_local_1" in row else "–"
-        print(f"| {name} | {pm(row, 1)} | {speed} |")
     print(f"\ntotal {total:.1f} s")
     if args.out is not None:
         doc = {
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "mode": "quick" if args.quick else "full",
+            "part": args.part,
             "seeds": seeds,
             "methods": {m: METHODS[m] for m in methods},
             "model": MODEL,
             "train_config": EXACT,
             "feedback_max_tasks": args.feedback_max_tasks,
-            "units": "wall seconds; ratio_to_loto = method / LOTO",
+            "units": "wall seconds; ratio_to_loto = method / LOTO; std with ddof=1; "
+            "peak_rss in GB (1e9 bytes)",
             "tasks": tasks,
             "data": data,
             "executors": backends,
+            "scale": at_scale,
             "total_s": total,
         }
-        args.out.write_text(json.dumps(doc, indent=2))
+        args.out.write_text(json.dumps(doc, indent=2, default=str))
     return 0
 
 

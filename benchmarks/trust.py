@@ -49,6 +49,7 @@ from taskrel.compare import GROUND_TRUTHS, relate_repeats
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import TaskrelError
+from taskrel.execution import LocalExecutor
 from taskrel.relatedness import METHODS, RelateContext, agreement
 from taskrel.relatedness.reliability import trust_summary
 from taskrel.relatedness.resample import plan_repeats
@@ -69,7 +70,7 @@ DATASETS: dict[str, tuple[str, dict[str, Any], bool, dict[str, Any]]] = {
     "synthetic": ("synthetic", {}, True, {}),
     "synthetic-regression": ("synthetic-regression", {}, True, {}),
     # z-scored per task by the loader
-    "office-caltech": ("office-caltech", {"train": 0.2, "val": 0.1}, False, {"solver": "cg"}),
+    "office-caltech": ("office-caltech", {"train": 0.2, "val": 0.1}, False, {}),
     # pooled standardisation by the loader (per-patient scaling would erase age and sex)
     "parkinsons-15": ("parkinsons", {"train": 0.3, "val": 0.1}, False, {}),
     "school-20": ("school", {"n_tasks": 20, "train": 0.3, "val": 0.1}, True, {}),
@@ -112,8 +113,10 @@ def run_case(
     pin_baselines: bool,
     cache: Any,
     cache_dir: Path | None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Every ground truth and method on ``repeats`` repeats of one dataset."""
+    """Every ground truth and method on ``repeats`` repeats of one dataset (ground-truth
+    retrainings on ``workers`` processes)."""
     taskset = load_case(label, spec)
     train = TrainConfig()
     config, how = cached(cache, ["config", label], lambda: model_config(taskset, train))
@@ -121,6 +124,7 @@ def run_case(
         model_config=config,
         train_config=train,
         cache_dir=None if cache_dir is None else cache_dir / "retrain" / label,
+        executor=LocalExecutor(workers),
     )
     plan = plan_repeats(taskset, repeats, 0, train.seed)
     methods = [m for m in METHODS if m not in GROUND_TRUTHS.values() and m not in SKIPPED_METHODS]
@@ -304,8 +308,9 @@ def report(
             + ". R repeats, each a new split (same per-task sizes) and training seed; the "
             "methods run on the same repeats. Reliability: Spearman-Brown split-half "
             "reliability of the mean matrix off the diagonal; ceiling = sqrt(reliability). "
-            "Definitions and verdict rules: the ground-truth section of the methods page.\n\n"
-            f"{tables(summary, sizes)}\n"
+            "Definitions and verdict rules: the ground-truth section of the methods page."
+            + (f" {args.note}" if args.note else "")
+            + f"\n\n{tables(summary, sizes)}\n"
         )
     write_out(
         args,
@@ -334,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0], default_seeds=10)
     p.add_argument("--md", type=Path, default=None, help="also write the tables here")
     p.add_argument("--only", default=None, help="comma-separated dataset labels to run")
+    p.add_argument("--workers", type=int, default=1, help="processes for ground-truth trainings")
+    p.add_argument("--note", default="", help="a sentence on the machine, added to --md")
     args = p.parse_args(argv)
     cache = setup(args, "trust")
     cache_dir = None if cache is None else cache.directory
@@ -348,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, Any]] = {}
     for label, spec in cases.items():
         print(f"{label} ...", flush=True)
-        case = run_case(label, spec, repeats, seed_repeats, adam, args.quick, cache, cache_dir)
+        case = run_case(
+            label, spec, repeats, seed_repeats, adam, args.quick, cache, cache_dir, args.workers
+        )
         summary[label] = summarize(case, sizes)
         report(args, summary, sizes, repeats, adam, cases, started)  # after every dataset
     print(tables(summary, sizes))

@@ -1,4 +1,5 @@
-"""VMTL benchmarks against STL, hard sharing, soft sharing and the Bayesian no-mixing variant.
+"""VMTL benchmarks against STL, hard sharing, soft sharing, a single pooled model and the
+Bayesian no-mixing variant.
 
 Sub-commands (each prints markdown tables and, with ``--out FILE.json``, writes every figure):
 
@@ -8,21 +9,29 @@ Sub-commands (each prints markdown tables and, with ``--out FILE.json``, writes 
   fractions, and angle regression (one task per digit class);
 - ``school``: 139 regression tasks at 10/20/30% training: explained variance and RMSE;
 - ``alpha``: learned mixing weights vs the synthetic ground-truth similarity (Spearman over
-  the off-diagonal entries, mass on the own cluster).
+  the off-diagonal entries, mass on the own cluster);
+- ``options``: VMTL's reference options on Office-Caltech at 5/10% (the encoder's two ELU
+  layers, ``encoder_layers=2``, and class-balanced batches, ``batching="balanced"``), each
+  combination with the same grid, paired against the linear encoder with shuffled batches.
+
+Baselines: STL, hard sharing, soft sharing, the *pooled* model (one network trained on
+the data of every task, predicting every task with the same output layer; model
+``pooled``) and the Bayesian no-mixing variant (VMTL with ``prior="none"``, same encoder).
 
 Protocol: for every (split, seed) a validation set is carved out of the *training fraction*
 (``--val-frac`` of each task's training rows; the test rows are never touched).
 
 Equal tuning budget: every method gets a grid of the *same size* over its own main knobs
-(:data:`KNOBS`): learning rate x L2 (STL, hard sharing), learning rate x coupling (soft
-sharing), learning rate x KL weight ``beta`` (every VMTL variant, the no-mixing one
+(:data:`KNOBS`): learning rate x L2 (STL, hard sharing, pooled), learning rate x coupling
+(soft sharing), learning rate x KL weight ``beta`` (every VMTL variant, the no-mixing one
 included); the school baselines are convex (L-BFGS, no learning rate), so there the grid is
 5 regularisation values for them and 5 ``beta`` values for VMTL. Each grid point is
 trained for a fixed number of epochs; the trainer keeps the epoch with the best validation
 loss and the grid point with the best validation score (accuracy; minus MSE for
 regression) is reported on test. The grid size is a column of every table.
 
-Paired reporting: per split, for each VMTL variant with a mixture prior and each baseline,
+Paired reporting: per split, for each VMTL variant with a mixture prior and each baseline
+(``options``: each option combination against the linear encoder with shuffled batches),
 the per-seed difference of the task-averaged test metric (VMTL minus baseline; same seed =
 same split and validation carve-out), its mean ± std, wins/ties/losses, a two-sided sign
 test (``scipy.stats.binomtest`` on wins among non-ties) and a paired t-test
@@ -33,13 +42,17 @@ Regression targets are standardised with the pooled training mean/std (RMSE is r
 original units). Timings are wall seconds of one training run, on a shared machine
 (noisy): compare them as ratios within one run. Every process uses one torch thread.
 
-Finished runs are cached (``.bench-cache/vmtl_bench[-quick]``, or ``--cache DIR``): rerun
-the same command to resume; ``--no-cache`` recomputes everything.
+Finished runs are cached (``.bench-cache/vmtl_bench[-quick]``, or ``--cache DIR``) under a
+digest of the job *and the model's fully resolved config* (so a changed model default
+never reuses a stale run): rerun the same command to resume; ``--no-cache`` recomputes
+everything.
 
 Usage::
 
     python benchmarks/vmtl_bench.py office-caltech --quick --out oc.json
     python benchmarks/vmtl_bench.py office-caltech --seeds 5 --out oc.json
+    python benchmarks/vmtl_bench.py office-caltech --rows main --workers 16  # 16 cores
+    python benchmarks/vmtl_bench.py options --out options.json
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -70,6 +83,7 @@ KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
     "stl": ("l2", (1e-4, 1e-3, 1e-2)),
     "hard": ("l2", (1e-4, 1e-3, 1e-2)),
     "soft": ("coupling", (1e-3, 1e-2, 1e-1)),
+    "pooled": ("l2", (1e-4, 1e-3, 1e-2)),
     "vmtl": ("beta", (1.0, 0.1, 0.01)),
 }
 """Each model's tuned knob besides the learning rate, and its values (office-caltech,
@@ -205,24 +219,45 @@ def run_job(job: Job) -> Outcome:
     return Outcome(job, score, test, seconds, result.best_epoch, extra)
 
 
+def digest(job: Job) -> str:
+    """Cache key of a job: what determines the run — data, split, seed, learning rate,
+    training settings, the model and its *fully resolved* config (defaults included, so a
+    changed model default changes the key) — but not the table row it serves (label,
+    grid): rows with the same resolved config share their runs."""
+    from taskrel.models import model_class
+
+    fields = asdict(job)
+    method = fields.pop("method")
+    options = {**job.method.options, **fields.pop("overrides")}
+    resolved = model_class(job.method.model).Config(**options).model_dump()
+    key = [fields, method["model"], method["train"], resolved]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_all(jobs: Sequence[Job], args: argparse.Namespace) -> list[Outcome]:
     """Every job's outcome, in order: read from the cache (``--cache``, off with
     ``--no-cache``) or trained in ``--workers`` processes and cached as each finishes, so
     an interrupted benchmark resumes where it stopped."""
     cache = setup(args, "vmtl_bench")
-    digests = [
-        hashlib.sha256(json.dumps(asdict(j), sort_keys=True, default=str).encode()).hexdigest()
-        for j in jobs
-    ]
-    done = {d: cache.get(d) for d in digests if cache is not None and d in cache}
+    digests = [digest(j) for j in jobs]
+    done = {d: cache.get(d) for d in set(digests) if cache is not None and d in cache}
     todo = {d: j for d, j in zip(digests, jobs, strict=True) if d not in done}
-    with ProcessPoolExecutor(max(1, args.workers)) as pool:
-        mapper = pool.map if args.workers > 1 else map
-        for digest, outcome in zip(todo, mapper(run_job, todo.values()), strict=True):
-            done[digest] = outcome
-            if cache is not None:
-                cache.put(digest, outcome)
-    return [done[d] for d in digests]
+
+    def finish(key: str, outcome: Outcome) -> None:
+        done[key] = outcome
+        if cache is not None:
+            cache.put(key, outcome)
+
+    if args.workers <= 1:
+        for key, job in todo.items():
+            finish(key, run_job(job))
+    else:  # cache each run as soon as it finishes, whatever the order
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = {pool.submit(run_job, job): key for key, job in todo.items()}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    # a run shared by several rows is reported under each row's own job
+    return [replace(done[d], job=j) for d, j in zip(digests, jobs, strict=True)]
 
 
 def select(outcomes: Sequence[Outcome]) -> dict[tuple[str, float, int], Outcome]:
@@ -260,26 +295,33 @@ def paired(diffs: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def default_pairs(methods: Sequence[Method]) -> list[tuple[Method, Method]]:
+    """Every mixture-prior VMTL variant against every baseline (no mixture prior)."""
+    return [(v, b) for v in methods if v.mixes for b in methods if not b.mixes]
+
+
 def paired_table(
-    rows: dict[str, Any], methods: Sequence[Method], scale: float, digits: int
+    rows: dict[str, Any],
+    pairs: Sequence[tuple[Method, Method]],
+    scale: float,
+    digits: int,
 ) -> dict[str, Any]:
-    """Print and return the paired comparison of every mixture-prior VMTL variant with
-    every baseline (methods without a mixture prior) on the per-seed averages."""
+    """Print and return the paired comparison of each ``(variant, baseline)`` pair on the
+    per-seed averages."""
     print("\n| VMTL variant | baseline | VMTL − baseline (mean ± std) | W/T/L | sign p | t p |")
     print("|---|---|---|---|---|---|")
     out: dict[str, Any] = {}
-    for v in (m for m in methods if m.mixes):
-        for b in (m for m in methods if not m.mixes):
-            a, c = rows[v.label], rows[b.label]
-            if a["seeds"] != c["seeds"]:  # pragma: no cover - every method runs every seed
-                raise ValueError("paired comparison needs the same seeds")
-            stat = paired(np.subtract(a["average_per_seed"], c["average_per_seed"]).tolist())
-            out[f"{v.label} - {b.label}"] = stat
-            w, t, loss = stat["wins"], stat["ties"], stat["losses"]
-            print(
-                f"| {v.label} | {b.label} | {fmt(stat['mean_std'], scale, digits)} | "
-                f"{w}/{t}/{loss} | {stat['sign_test_p']:.3g} | {stat['paired_t_test_p']:.3g} |"
-            )
+    for v, b in pairs:
+        a, c = rows[v.label], rows[b.label]
+        if a["seeds"] != c["seeds"]:  # pragma: no cover - every method runs every seed
+            raise ValueError("paired comparison needs the same seeds")
+        stat = paired(np.subtract(a["average_per_seed"], c["average_per_seed"]).tolist())
+        out[f"{v.label} - {b.label}"] = stat
+        w, t, loss = stat["wins"], stat["ties"], stat["losses"]
+        print(
+            f"| {v.label} | {b.label} | {fmt(stat['mean_std'], scale, digits)} | "
+            f"{w}/{t}/{loss} | {stat['sign_test_p']:.3g} | {stat['paired_t_test_p']:.3g} |"
+        )
     return out
 
 
@@ -291,9 +333,10 @@ def summarise(
     scale: float,
     digits: int,
     title: str,
+    pairs: Sequence[tuple[Method, Method]],
 ) -> dict[str, Any]:
-    """Print per-split markdown tables (per task and average of ``metric``) and return
-    every figure."""
+    """Print per-split markdown tables (per task and average of ``metric``) and the paired
+    comparisons of ``pairs``; return every figure."""
     best = select(outcomes)
     report: dict[str, Any] = {
         "metric": metric,
@@ -352,7 +395,7 @@ def summarise(
                     k: np.mean([o.extra[k] for o in runs], axis=0).tolist() for k in runs[0].extra
                 }
             rows[m.label] = row
-        report["paired"][f"{frac:g}"] = paired_table(rows, methods, scale, digits)
+        report["paired"][f"{frac:g}"] = paired_table(rows, pairs, scale, digits)
         report["splits"][f"{frac:g}"] = rows
     return report
 
@@ -374,10 +417,13 @@ def methods_for(
     vmtl_extra: dict[str, Any],
     lrs: tuple[float, ...],
     quick: bool,
+    extra: bool = True,
 ) -> list[Method]:
     """The compared methods, each with an equal-size grid; every baseline sees the same
     dropout and width. The VMTL rows: free and amortised heads (the default marked) with
-    the reference's moment prior, and the default heads with the bound prior."""
+    the reference's moment prior, and the default heads with the bound prior; every VMTL
+    row (the no-mixing one included) has VMTL's default encoder and batching. Without
+    ``extra`` only the baselines and the default VMTL."""
     from taskrel.models.vmtl import VMTLConfig
 
     default = VMTLConfig().classifier
@@ -388,26 +434,30 @@ def methods_for(
         tuned("STL", "stl", base, lrs, quick),
         tuned("hard sharing", "hard", base, lrs, quick),
         tuned("soft sharing", "soft", base, lrs, quick),
+        tuned("single shared model (pooled)", "pooled", base, lrs, quick),
         tuned(
             "Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs, quick
         ),
     ]
     for kind, name in heads.items():
+        if kind != default and not extra:
+            continue
         mark = ", default" if kind == default else ""
         rows.append(
             tuned(
                 f"VMTL (moment prior, {name}{mark})", "vmtl", {**vm, "classifier": kind}, lrs, quick
             )
         )
-    rows.append(
-        tuned(
-            f"VMTL (bound prior, {heads[default]})",
-            "vmtl",
-            {**vm, "prior_form": "bound"},
-            lrs,
-            quick,
+    if extra:
+        rows.append(
+            tuned(
+                f"VMTL (bound prior, {heads[default]})",
+                "vmtl",
+                {**vm, "prior_form": "bound"},
+                lrs,
+                quick,
+            )
         )
-    )
     return rows
 
 
@@ -420,7 +470,10 @@ def benchmark(
     metric: str,
     title: str,
     features: str = "none",
+    pairs: Sequence[tuple[Method, Method]] | None = None,
 ) -> dict[str, Any]:
+    """Train every (split, seed, method, grid point), select on validation, print the
+    tables and the paired comparisons (``pairs``; default: :func:`default_pairs`)."""
     jobs = [
         Job(
             data,
@@ -444,7 +497,8 @@ def benchmark(
     start = time.perf_counter()
     outcomes = run_all(jobs, args)
     scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 3)
-    report = summarise(outcomes, methods, fracs, metric, scale, digits, title)
+    pairs = default_pairs(methods) if pairs is None else pairs
+    report = summarise(outcomes, methods, fracs, metric, scale, digits, title, pairs)
     report.update(
         dataset=data,
         data_options=data_options,
@@ -463,7 +517,8 @@ def benchmark(
 
 def cmd_office_caltech(args: argparse.Namespace) -> dict[str, Any]:
     fracs = [0.1] if args.quick else [0.05, 0.1, 0.2]
-    methods = methods_for(0.5, 128, 128, {}, (1e-3,) if args.quick else (1e-3, 1e-2), args.quick)
+    lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
+    methods = methods_for(0.5, 128, 128, {}, lrs, args.quick, args.rows == "all")
     return {
         "office-caltech": benchmark(
             args,
@@ -477,12 +532,56 @@ def cmd_office_caltech(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_options(args: argparse.Namespace) -> dict[str, Any]:
+    """VMTL's reference options on Office-Caltech SURF at 5/10% (quick: 10%): the encoder
+    (linear, or two ELU layers before the Bayesian layer) x the batches (the trainer's
+    shuffled ones, or ``per_class=4`` rows per class, task and step), moment prior and free
+    heads, each with the office-caltech grid; paired against the linear encoder with
+    shuffled batches. The row with VMTL's current defaults is marked."""
+    from taskrel.models.vmtl import VMTLConfig
+
+    default = VMTLConfig()
+    fracs = [0.1] if args.quick else [0.05, 0.1]
+    lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
+    methods = []
+    for layers in (0, 2):
+        for batching in ("shuffled", "balanced"):
+            enc = "linear encoder" if layers == 0 else f"{layers} ELU layers + Bayesian layer"
+            mark = (
+                ", default"
+                if (layers, batching) == (default.encoder_layers, default.batching)
+                else ""
+            )
+            options = {
+                "latent": 128,
+                "dropout": 0.5,
+                "encoder_layers": layers,
+                "batching": batching,
+            }
+            label = f"VMTL ({enc}, {batching} batches{mark})"
+            methods.append(tuned(label, "vmtl", options, lrs, args.quick))
+    pairs = [(m, methods[0]) for m in methods[1:]]
+    return {
+        "options": benchmark(
+            args,
+            "office-caltech",
+            {},
+            fracs,
+            methods,
+            "accuracy",
+            "VMTL options on Office-Caltech-10 (SURF), test accuracy %",
+            pairs=pairs,
+        )
+    }
+
+
 def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
     lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
     fracs = [0.1] if args.quick else [0.05, 0.1]
     opts = {"n_per_task": 150} if args.quick else {}
-    cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick)
-    reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick)
+    extra = args.rows == "all"
+    cls = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick, extra)
+    reg = methods_for(0.0, 64, 64, {"activation": "relu"}, lrs, args.quick, extra)
     out = {}
     if args.digits_part in ("classification", "both"):
         out["rotated-digits"] = benchmark(
@@ -510,7 +609,8 @@ def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
     """The first ``--school-tasks`` schools (default all 139). Linear models throughout:
     STL = one ridge regression per school, hard sharing = the classic ``y = x (w + v_t)``,
-    soft sharing = coupled per-school regressions, VMTL with a linear encoder and the
+    soft sharing = coupled per-school regressions, pooled = one ridge regression for all
+    schools, VMTL with a linear encoder and the
     mixture prior on the heads only (``prior='w'``: with the z-prior's anchors over 138
     source tasks one run took 385 s against 69 s for hard sharing).
 
@@ -544,6 +644,14 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
             {**linear, "l2": 1e-3},
             (1.0,),
             tuple({"coupling": g / n_tasks} for g in grid),
+            train=lbfgs,
+        ),
+        Method(
+            "single shared model (pooled ridge)",
+            "pooled",
+            linear,
+            (1.0,),
+            tuple({"l2": g} for g in grid),
             train=lbfgs,
         ),
         Method(
@@ -657,6 +765,7 @@ COMMANDS = {
     "digits": cmd_digits,
     "school": cmd_school,
     "alpha": cmd_alpha,
+    "options": cmd_options,
 }
 
 
@@ -681,6 +790,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0,
         help="train every run for at least this many optimiser steps (tiny tasks take "
         "one step per epoch)",
+    )
+    cli.add_argument(
+        "--rows",
+        choices=["all", "main"],
+        default="all",
+        help="office-caltech, digits: main = the baselines and the default VMTL only "
+        "(no amortised-heads and bound-prior rows)",
     )
     cli.add_argument("--digits-part", choices=["classification", "angle", "both"], default="both")
     cli.add_argument("--lbfgs-epochs", type=int, default=5, help="school baselines: L-BFGS epochs")

@@ -234,3 +234,16 @@ def test_ground_truth_choice_and_repeats_are_checked_before_anything_runs(
         compare(small, ["gradient"], options={"pairwise": {"repeats": 3}}, ground_truth="pairwise")
     assert main(["compare", "--ground-truth", "nope"]) == 2
     assert main(["compare", "--repeats", "0"]) == 2
+
+
+def test_an_unknown_mtif_option_is_refused_before_any_method_runs(
+    synthetic_reg: TaskSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taskrel.compare as compare_module
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a method ran before the options were checked")
+
+    monkeypatch.setattr(compare_module, "relate", never)
+    with pytest.raises(ConfigError, match="unknown option 'bogus'"):
+        compare_module.compare(synthetic_reg, ["gradient", "mtif"], options={"mtif": {"bogus": 1}})

@@ -122,6 +122,11 @@ def test_scores_are_consistent(convex_engine: MTIF) -> None:
     per_test, rows = convex_engine.test_example_scores(2)
     assert per_test.shape == (len(ids), len(rows))
     np.testing.assert_allclose(per_test.mean(1), fixed[:, 2], rtol=1e-8, atol=1e-14)
+    # several targets at once: the single-target blocks side by side, in the order given
+    both, both_rows = convex_engine.test_example_scores([2, 0])
+    first, first_rows = convex_engine.test_example_scores(0)
+    np.testing.assert_allclose(both, np.hstack([per_test, first]), rtol=1e-10, atol=1e-15)
+    np.testing.assert_array_equal(both_rows, np.concatenate([rows, first_rows]))
 
 
 def _task(name: str, x: np.ndarray, y: np.ndarray, n_train: int) -> Task:

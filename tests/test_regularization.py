@@ -132,3 +132,20 @@ def test_retrainings_use_values_pinned_once(synthetic_reg: TaskSet) -> None:
         retrain({"name": "synthetic-regression"}, "stl", {}, {})
     with pytest.raises(ConfigError, match="never re-tune"):
         train_model(synthetic_reg, "stl", {}, {}, without_tasks=[1])
+
+
+def test_relate_with_a_trained_model_tunes_nothing(
+    synthetic_reg: TaskSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskrel.relatedness import relate
+
+    model = train_model(synthetic_reg, "hard", {"l2": 0.01, "l2_task": 0.1}, {})
+    given = relate(synthetic_reg, "mtif", RelateContext(model="hard"), model=model)
+
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("relate searched the regularisation although a model was given")
+
+    monkeypatch.setattr("taskrel.training.regularization.resolve_regularization", no_search)
+    again = relate(synthetic_reg, "mtif", RelateContext(model="hard"), model=model)
+    assert "regularization" not in again.meta
+    np.testing.assert_allclose(again.matrix, given.matrix, rtol=1e-12)

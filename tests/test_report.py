@@ -23,6 +23,7 @@ from taskrel.plots import (
     rgb_of_hex,
     text_colour,
 )
+from taskrel.relatedness.result import Relatedness
 from taskrel.report import format_value, render_report
 
 
@@ -169,3 +170,64 @@ def test_report_rebuilt_from_the_run_folder_is_identical(
     nothing may depend on the order of a loaded dict)."""
     comparison.save(tmp_path)
     assert render_report(Comparison.load(tmp_path), {"taskrel": "0"}) == page
+
+
+def test_diagnostics_of_an_indefinite_newton_step_and_a_large_gradient_are_shown(
+    comparison: Comparison,
+) -> None:
+    """A constructed MTIF result (no caveats recorded: the readings come from the numbers)
+    whose model is far from an optimum and whose H - H_j is indefinite for one task: the
+    report and the relate command's markdown show both problems, with their numbers."""
+    from taskrel.relatedness.diagnostics import to_markdown
+
+    diagnostics = {
+        "stationarity": {
+            "grad_norm": 0.4,
+            "task_grad_scale": 1.6,
+            "relative": 0.25,
+            "stationary": False,
+        },
+        "damping": 0.0,
+        "positive_definite": True,
+        "min_eig": 0.02,
+        "max_eig": 2.0,
+        "iterations": 37,
+        "max_iter_hit": False,
+        "newton": {
+            "min_eig": [0.01, 0.02, -0.23, 0.015],
+            "max_eig": [2.0, 2.0, 1.9, 2.0],
+            "positive_definite": [True, True, False, True],
+            "damping": [0.0, 0.0, 0.231, 0.0],
+            "iterations": [30, 31, 40, 29],
+            "held": [0, 0, 1, 0],
+        },
+    }
+    meta = {"diagnostics": diagnostics, "solver_plan": {"requested": "auto", "solver": "cg"}}
+    mtif = Relatedness(comparison.results["mtif"].matrix, NAMES, "mtif", meta=meta)
+    built = Comparison(NAMES, {"mtif": mtif}, reference="mtif")
+    text = text_of(render_report(built))
+    section = text.split("Diagnostics", 1)[1].split("Relatedness matrices", 1)[0]
+    assert "‖∇J(θ̂)‖ / per-example gradient scale 0.25 (‖∇J‖ = 0.4, scale 1.6) NOT at an " in (
+        section
+    )
+    assert (
+        "H − H_j positive definite (Newton step) 3 of 4 tasks NOT positive definite without "
+        "school-c (smallest eigenvalue -0.23); damped up to 0.231"
+    ) in section
+    assert "school-c -0.23 1.9 NO 0.231 40 1" in section  # the per-task row
+    assert "iterations of the iterative solver 37 reached its tolerance" in section
+    assert section.count("NOT") == 2  # H itself is positive definite here
+    markdown = to_markdown({**meta, "caveats": ["one line", "another line"]}, NAMES)
+    assert "| 0.25 (‖∇J‖ = 0.4, scale 1.6) | NOT at an optimum" in markdown
+    assert "NOT positive definite without school-c" in markdown
+    assert markdown.endswith("**Caveats**\n\n- one line\n- another line")
+    # a healthy result reads healthy, and methods without diagnostics add no section
+    fine = {**diagnostics, "stationarity": {**diagnostics["stationarity"], "stationary": True}}
+    fine["newton"] = {**diagnostics["newton"], "positive_definite": [True] * 4}
+    assert "NOT" not in to_markdown({**meta, "diagnostics": fine}, NAMES)
+    assert "<h2>Diagnostics</h2>" not in render_report(comparison)
+    # an ensemble: the first member's rows, and a count over all members
+    members = [fine, diagnostics, {**fine, "min_eig": -0.1}]
+    ensemble = to_markdown({**meta, "diagnostics": fine, "member_diagnostics": members}, NAMES)
+    assert "| ensemble members | 3 | rows above: member 1; 1 of 3 members not at an " in ensemble
+    assert "optimum, 1 with H not positive definite |" in ensemble

@@ -46,6 +46,7 @@ from taskrel.relatedness.result import Relatedness
 from taskrel.runs import write_json
 from taskrel.training.metrics import evaluate
 from taskrel.training.trainer import fit
+from taskrel.validation import check_options
 
 REFERENCE = "ground-truth"
 GROUND_TRUTHS: dict[str, str] = {"loto": REFERENCE, "pairwise": "pairwise", "subsets": "subsets"}
@@ -329,10 +330,7 @@ def check_methods(
         except (ImportError, AttributeError) as err:
             unavailable[name] = f"not available in this installation ({err})"
             continue
-        try:
-            inspect.signature(fn).bind(None, None, **dict(options.get(name, {})))
-        except TypeError as err:
-            raise ConfigError(f"method {name!r}: {err}") from None
+        check_options(f"method {name!r}", fn, dict(options.get(name, {})), skip=("taskset", "ctx"))
     return unavailable
 
 

@@ -7,7 +7,9 @@ MODELS: dict[str, str] = {
     "stl": "taskrel.models.sharing:SingleTask",
     "hard": "taskrel.models.sharing:HardSharing",
     "soft": "taskrel.models.sharing:SoftSharing",
+    "pooled": "taskrel.models.pooled:Pooled",
     "vmtl": "taskrel.models.vmtl:VMTL",
     "feedback": "taskrel.models.feedback:FeedbackMTL",
     "slu": "taskrel.models.slu:JointSLU",
+    "slu-stack": "taskrel.models.slu_stack:StackSLU",
 }

@@ -2,9 +2,9 @@
 ground truth can be trusted (noise ceiling, each method's agreement with its confidence
 interval and verdict, the most helpful and harmful pairs), the agreement table, every
 matrix as a heatmap image (PNG embedded as base64) next to a table of its numbers, units
-and caveats, per-task metrics of the trained model, skipped methods, the configuration
-and the library versions. One file, no scripts and no external assets, so it can be
-mailed or attached to an issue.
+and caveats, the solver diagnostics of influence methods, per-task metrics of the
+trained model, skipped methods, the configuration and the library versions. One file,
+no scripts and no external assets, so it can be mailed or attached to an issue.
 
 Reading aids, all explained in the page's legend: the off-diagonal entries of a matrix
 (transfer between tasks) are coloured on their own scale, the diagonal (a task's own
@@ -36,6 +36,7 @@ from taskrel.plots import (
     relatedness_heatmap,
     text_colour,
 )
+from taskrel.relatedness.diagnostics import NEWTON_HEADER, diagnostic_rows, newton_rows
 from taskrel.relatedness.result import Relatedness
 
 REPORT_FILE = "report.html"
@@ -349,6 +350,44 @@ def _caveats_section(c: Comparison) -> str:
     return f"<h2>Caveats</h2><div class='caveats'><ul>{items}</ul></div>"
 
 
+def _diagnostics_section(c: Comparison) -> str:
+    """Per method with solver diagnostics (MTIF): a table of the numbers, each with its
+    reading (:mod:`taskrel.relatedness.diagnostics`), and the Newton step's per-task
+    table when it was computed."""
+    blocks = []
+    for name, rel in c.results.items():
+        rows = diagnostic_rows(rel.meta, rel.task_names)
+        if not rows:
+            continue
+        cells = [
+            [
+                html.escape(r.quantity),
+                html.escape(r.value),
+                html.escape(r.reading) if r.ok else f"<b>{html.escape(r.reading)}</b>",
+            ]
+            for r in rows
+        ]
+        blocks.append(
+            f"<h3>{html.escape(name)}</h3>"
+            + _table(["quantity", "value", "reading"], cells, "trust")
+        )
+        newton = newton_rows(rel.meta, rel.task_names)
+        if newton:
+            escaped = [[html.escape(v) for v in row] for row in newton]
+            blocks.append(
+                f"<p class='note'>{html.escape(name)}: task-removed Newton step, per task</p>"
+                + _table(NEWTON_HEADER, escaped)
+            )
+    if not blocks:
+        return ""
+    return (
+        "<h2>Diagnostics</h2><p class='note'>How far the influence computation can be "
+        "taken at face value: whether the trained model is at an optimum, whether the "
+        "Hessian (and, for the Newton step, H − H<sub>j</sub>) is positive definite, the "
+        "damping and the solver. Problems are in bold.</p>" + "".join(blocks)
+    )
+
+
 def _legend(notes: _Footnotes) -> str:
     dashes = "".join(
         f"<dd>{DASH}<sup class='fn'>{letter}</sup>: {html.escape(reason)}</dd>"
@@ -406,6 +445,7 @@ def render_report(comparison: Comparison, environment: dict[str, Any] | None = N
         _trust_section(c, notes),
         _agreement_section(c, notes),
         _caveats_section(c),
+        _diagnostics_section(c),
         _matrices_section(c, notes),
         _metrics_section(c, notes),
         "<h2>Configuration</h2>",

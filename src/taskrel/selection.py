@@ -227,7 +227,7 @@ def score_examples(
     }
 
 
-def _cached_scores(ctx: RelateContext, kwargs: dict[str, Any]) -> dict[str, Any]:
+def cached_scores(ctx: RelateContext, kwargs: dict[str, Any]) -> dict[str, Any]:
     """:func:`score_examples`, cached under ``ctx.cache_dir/selection`` (so ``--resume``
     reuses it); the key is that of the equivalent :class:`Job`."""
     if ctx.cache_dir is None:
@@ -243,7 +243,12 @@ def _cached_scores(ctx: RelateContext, kwargs: dict[str, Any]) -> dict[str, Any]
 
 
 # -- the selection ---------------------------------------------------------------------------
-def _target_position(taskset: TaskSet, target: str | int | None) -> int | None:
+def target_position(taskset: TaskSet, target: str | int | None) -> int | None:
+    """Position of ``target`` (a task name or position; None stays None).
+
+    Raises:
+        DataError: no task of that name. ConfigError: a position out of range or
+            another type."""
     if target is None or isinstance(target, str):
         return None if target is None else taskset.index(target)
     if isinstance(target, bool) or not isinstance(target, int | np.integer):
@@ -305,10 +310,10 @@ def select_data(
         raise ConfigError("threshold must be a number, got nan")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    pos = _target_position(taskset, target)
+    pos = target_position(taskset, target)
     with collect() as caveats:
         base, validation = _scoring_split(taskset, score_split, val_fraction, seed)
-        scored = _cached_scores(
+        scored = cached_scores(
             ctx,
             {
                 "taskset": base,

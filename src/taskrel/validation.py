@@ -17,13 +17,18 @@ from taskrel.errors import ConfigError
 
 
 def accepted_options(fn: Callable[..., Any], skip: Collection[str] = ()) -> list[str]:
-    """Keyword options ``fn`` takes, in signature order, without ``skip`` and ``*args``."""
+    """Keyword options ``fn`` takes, in signature order, without ``skip`` and ``*args``;
+    then those of ``fn.forwards_to``, if ``fn`` declares that its ``**kwargs`` go there."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [
+    names = [
         name
         for name, p in inspect.signature(fn).parameters.items()
         if p.kind in kinds and name not in skip
     ]
+    target = getattr(fn, "forwards_to", None)
+    if target is not None:
+        names += [n for n in accepted_options(target, skip) if n not in names]
+    return names
 
 
 def check_options(
@@ -33,7 +38,8 @@ def check_options(
     skip: Collection[str] = (),
 ) -> None:
     """Check that ``options`` are keyword options of ``fn`` with values of the hinted types
-    (a function with ``**kwargs`` takes any name; it checks those itself).
+    (a function with ``**kwargs`` takes any name and checks those itself, unless it names
+    the function they go to as its ``forwards_to`` attribute: then that one's options count).
 
     A value passes if it matches its type hint strictly (numbers are not parsed from
     strings, booleans are not numbers), or loosely when it is a NumPy scalar
@@ -51,7 +57,8 @@ def check_options(
             wrong type (the expected type is named).
     """
     accepted = accepted_options(fn, skip)
-    open_ended = any(
+    target = getattr(fn, "forwards_to", None)  # where fn's **kwargs go: checked as its own
+    open_ended = target is None and any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()
     )
     for name in options:
@@ -61,7 +68,7 @@ def check_options(
                 f"{', '.join(accepted) or 'none'}"
             )
     try:
-        hints = typing.get_type_hints(fn)
+        hints = {**(typing.get_type_hints(target) if target else {}), **typing.get_type_hints(fn)}
     except (NameError, TypeError):  # unresolvable hints: names are checked, values not
         return
     for name, value in options.items():

@@ -1,10 +1,11 @@
 """Influence-function commands: ``ground-truth`` (retraining: LOTO, pairwise, LOO, LDS)
-and ``select`` (MTIF data selection with before/after metrics)."""
+and ``select`` (MTIF data selection, or with ``--drop tasks`` source-task selection on a
+group-outcome predictor, with before/after metrics)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -21,12 +22,14 @@ from taskrel.cli.relate import (
     ConfigOption,
     DataOption,
     ExecutorOption,
+    InstanceOption,
     SeedOption,
     SetOption,
     WorkersOption,
     method_options,
     prepare,
     shutdown,
+    with_instance,
 )
 
 if TYPE_CHECKING:
@@ -68,10 +71,11 @@ def ground_truth(
     address: AddressOption = None,
     out: OutOption = None,
     resume: ResumeOption = False,
+    instance: InstanceOption = None,
 ) -> None:
     """Ground truth by retraining. loto/pairwise write a relatedness matrix; loo and lds
-    also compute MTIF instance scores and report their agreement with retraining
-    (Pearson/Spearman for loo, the linear datamodeling score for lds)."""
+    also compute MTIF instance scores (--instance: which kind) and report their agreement
+    with retraining (Pearson/Spearman for loo, the linear datamodeling score for lds)."""
     from taskrel.errors import ConfigError
     from taskrel.runs import write_json
 
@@ -79,6 +83,13 @@ def ground_truth(
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"--fraction must be in (0, 1), got {fraction}")
+    if instance is not None and kind not in ("loo", "lds"):
+        raise ConfigError(f"--instance applies to --kind loo or lds, got --kind {kind}")
+    if instance == "none":
+        raise ConfigError(
+            "--instance none: --kind loo and lds need instance scores (first-order or leverage)"
+        )
+    mtif_options = with_instance(method_options(option), instance, "mtif")
     run_dir, taskset, ctx = prepare(
         f"ground-truth-{kind}",
         config,
@@ -104,7 +115,7 @@ def ground_truth(
                 examples,
                 subsets,
                 fraction,
-                method_options(option),
+                mtif_options,
                 0 if seed is None else seed,
             )
     finally:
@@ -202,11 +213,42 @@ def _instance_ground_truth(
     }
 
 
+DROPS = ("examples", "tasks")
+
+
 @app.command()
 def select(
     target: Annotated[
-        str, typer.Option(help="target task name, or 'average' (mean loss over tasks)")
+        str,
+        typer.Option(
+            help="target task name, or 'average' (examples: the mean loss over tasks; "
+            "tasks: every task in turn)"
+        ),
     ] = "average",
+    drop: Annotated[
+        str,
+        typer.Option(
+            help="examples: remove training examples predicted to hurt (MTIF); tasks: "
+            "drop whole source tasks predicted to hurt each target (see --predictor)"
+        ),
+    ] = "examples",
+    predictor: Annotated[
+        str | None,
+        typer.Option(
+            help="with --drop tasks: the group-outcome predictor choosing the tasks "
+            "(default mtif-newton; e.g. grad-tag, retrain)"
+        ),
+    ] = None,
+    min_improvement: Annotated[
+        float,
+        typer.Option(
+            help="with --drop tasks: drop a task only if the predicted validation loss "
+            "falls by more than this"
+        ),
+    ] = 0.0,
+    random: Annotated[
+        int, typer.Option(help="with --drop tasks: random draws dropping as many tasks")
+    ] = 5,
     threshold: Annotated[float, typer.Option(help="remove examples scoring below it")] = 0.0,
     max_fraction: Annotated[
         str,
@@ -238,10 +280,17 @@ def select(
     out: OutOption = None,
     resume: ResumeOption = False,
 ) -> None:
-    """Score every training example by MTIF on the validation split, remove those
-    predicted to hurt the target, retrain, and compare per-task test metrics with all
-    data, random removal and single-task learning; writes removed.csv and
-    selection.json."""
+    """Remove the training examples (or, with --drop tasks, the whole source tasks)
+    predicted on the validation split to hurt the target, retrain, and compare test
+    metrics.
+
+    --drop examples: score every training example by MTIF on the validation split, remove
+    those predicted to hurt the target, retrain, and compare per-task test metrics with
+    all data, random removal and single-task learning; writes removed.csv and
+    selection.json. --drop tasks: for each target, drop the source tasks a group-outcome
+    predictor predicts to hurt it on the validation split, retrain, and compare its test
+    metrics with all tasks, random drops, single-task and dropping examples; writes
+    task_selection.json."""
     from taskrel.errors import ConfigError
     from taskrel.runs import write_json
     from taskrel.selection import (
@@ -252,8 +301,14 @@ def select(
         select_data,
     )
 
+    if drop not in DROPS:
+        raise ConfigError(f"--drop must be examples or tasks, got {drop!r}")
+    if predictor is not None and drop != "tasks":
+        raise ConfigError(f"--predictor needs --drop tasks (got --drop {drop})")
     if score_split not in SCORE_SPLITS:
         raise ConfigError(f"--score-split must be val or test, got {score_split!r}")
+    if drop == "tasks" and score_split != "val":
+        raise ConfigError("--drop tasks chooses on the validation split only; drop --score-split")
     try:
         fraction = check_max_fraction(
             max_fraction if max_fraction == "auto" else float(max_fraction)
@@ -264,6 +319,15 @@ def select(
         ) from None
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if drop == "tasks":
+        from taskrel.decisions.predictors import make_predictor
+
+        make_predictor(predictor or "mtif-newton")  # an unknown name fails before any work
+        if min_improvement < 0 or random < 1:
+            raise ConfigError(
+                f"--min-improvement must be >= 0 and --random >= 1, got {min_improvement} "
+                f"and {random}"
+            )
     run_dir, taskset, ctx = prepare(
         "select",
         config,
@@ -275,8 +339,23 @@ def select(
         workers,
         address,
         resume=resume,
-        result="selection.json",
+        result="task_selection.json" if drop == "tasks" else "selection.json",
     )
+    if drop == "tasks":
+        _select_tasks(
+            run_dir,
+            taskset,
+            ctx,
+            None if target == "average" else target,
+            predictor or "mtif-newton",
+            min_improvement,
+            random,
+            threshold,
+            fraction,
+            method_options(option),
+            val_fraction,
+        )
+        return
     try:
         result = select_data(
             taskset,
@@ -322,6 +401,49 @@ def select(
         },
         overwrite=True,
     )
+
+
+def _select_tasks(
+    run_dir: Path,
+    taskset: TaskSet,
+    ctx: RelateContext,
+    target: str | None,
+    predictor: str,
+    min_improvement: float,
+    n_random: int,
+    threshold: float,
+    max_fraction: float | Literal["auto"],
+    mtif_options: dict[str, Any],
+    val_fraction: float,
+) -> None:
+    """``select --drop tasks``: choose, train, print the table, write
+    ``task_selection.json`` (last: it marks the run complete)."""
+    from taskrel.runs import write_json
+    from taskrel.task_selection import select_tasks
+
+    try:
+        result = select_tasks(
+            taskset,
+            ctx,
+            target,
+            predictor=predictor,
+            min_improvement=min_improvement,
+            n_random=n_random,
+            threshold=threshold,
+            max_fraction=max_fraction,
+            mtif_options=mtif_options,
+            seed=ctx.train_config.seed,
+            val_fraction=val_fraction,
+        )
+    finally:
+        shutdown(ctx)
+    print_markdown(result.table())
+    dropped = sum(len(c.dropped) for c in result.targets.values())
+    say(
+        f"dropped {dropped} source task(s) over {len(result.targets)} target(s) with "
+        f"{predictor}; run folder: {run_dir}"
+    )
+    write_json(run_dir / "task_selection.json", result.to_dict(), overwrite=True)
 
 
 def _primary_metrics(summary: dict[str, float]) -> list[str]:

@@ -1,5 +1,6 @@
 """``taskrel predict RUN_DIR SENTENCE``: tag a sentence with the intent and slots of a
-trained SLU model (``slu`` or ``feedback`` on ATIS/SNIPS or an SLU folder)."""
+trained SLU model (``slu``, ``slu-stack``, or ``feedback`` on either, trained on
+ATIS/SNIPS or an SLU folder)."""
 
 from __future__ import annotations
 

@@ -38,6 +38,14 @@ SetOption = Annotated[
 ExecutorOption = Annotated[str, typer.Option(help="where retrainings run: local or ray")]
 WorkersOption = Annotated[int, typer.Option(help="local processes (or CPUs of a local Ray)")]
 AddressOption = Annotated[str | None, typer.Option(help="address of a Ray cluster")]
+InstanceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="mtif instance scores: first-order (influence functions), leverage (one Newton "
+        "step per removed example: exact leave-one-out for squared loss) or none",
+    ),
+]
+INSTANCE_KINDS = {"first-order": "first-order", "leverage": "leverage", "none": False}
 
 
 def prepare(
@@ -114,6 +122,32 @@ def method_options(items: list[str] | None) -> dict[str, Any]:
     return apply_overrides({}, list(items or []))
 
 
+def with_instance(options: dict[str, Any], instance: str | None, method: str) -> dict[str, Any]:
+    """``options`` of ``method`` with ``--instance`` as its ``instance`` option (unchanged
+    when the flag is not given).
+
+    Raises:
+        ConfigError: an unknown kind, a method other than mtif, or an ``instance`` option
+            that says otherwise."""
+    from taskrel.errors import ConfigError
+
+    if instance is None:
+        return options
+    if instance not in INSTANCE_KINDS:
+        raise ConfigError(
+            f"--instance must be one of {', '.join(INSTANCE_KINDS)}, got {instance!r}"
+        )
+    if method != "mtif":
+        raise ConfigError(f"--instance applies to --method mtif only, got --method {method!r}")
+    kind = INSTANCE_KINDS[instance]
+    given = options.get("instance", kind)
+    if (given is True and kind != "first-order") or (given is not True and given != kind):
+        raise ConfigError(
+            f"--instance {instance} contradicts --option instance={options['instance']!r}"
+        )
+    return {**options, "instance": kind}
+
+
 def shutdown(ctx: RelateContext) -> None:
     """Stop a Ray instance the command started."""
     stop = getattr(ctx.executor, "shutdown", None)
@@ -138,15 +172,18 @@ def relate(
     address: AddressOption = None,
     out: OutOption = None,
     resume: ResumeOption = False,
+    instance: InstanceOption = None,
 ) -> None:
     """Compute one relatedness matrix: writes relatedness/METHOD.json (and .npz with
-    instance scores), a heatmap PNG and timings into the run folder."""
+    instance scores), a heatmap PNG and timings into the run folder, and prints the
+    matrix with the method's diagnostics and caveats."""
     from taskrel.compare import check_methods, durations, save_result
     from taskrel.errors import ConfigError
     from taskrel.relatedness import relate as compute
+    from taskrel.relatedness.diagnostics import to_markdown
     from taskrel.runs import write_json
 
-    opts = method_options(option)
+    opts = with_instance(method_options(option), instance, method)
     unavailable = check_methods([method], {method: opts})
     if unavailable:
         raise ConfigError(f"method {method!r}: {unavailable[method]}")
@@ -171,6 +208,9 @@ def relate(
     save_result(rel, run_dir, method)
     write_json(run_dir / "timings.json", {method: durations(rel)}, overwrite=True)
     print_markdown(rel.to_markdown())
+    diagnostics = to_markdown(rel.meta, rel.task_names)
+    if diagnostics:
+        print_markdown(diagnostics)
     say(f"run folder: {run_dir}  ({rel.meta['wall_time_s']:.1f} s)")
 
 
@@ -289,8 +329,27 @@ def group(
     penalty: Annotated[
         float, typer.Option(help="with --predictor and no --groups: cost of each extra group")
     ] = 0.0,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="with --predictor: choose on K-fold cross-fitted validation losses of the "
+            "pooled training + validation rows (1: on the validation split alone)"
+        ),
+    ] = 3,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            help="with --predictor: 'one-se' (fewest groups within one standard error over "
+            "folds of the lowest predicted loss) or 'min' (the lowest predicted loss); "
+            "default: one-se, or min with --groups, --penalty or --folds 1"
+        ),
+    ] = None,
     repeats: Annotated[
-        int, typer.Option(help="with --predictor --evaluate: training seeds per setting")
+        int,
+        typer.Option(
+            help="with --predictor --evaluate: repeats, each a new train/validation/test "
+            "split and training seed (the first is the data's own split)"
+        ),
     ] = 3,
     random: Annotated[
         int, typer.Option(help="with --predictor --evaluate: random partitions, same sizes")
@@ -338,7 +397,7 @@ def group(
     try:
         if predictor is not None:
             doc = predicted_grouping(
-                taskset, ctx, predictor, groups, penalty, evaluate, repeats, random
+                taskset, ctx, predictor, groups, penalty, evaluate, repeats, random, folds, rule
             )
         else:
             if relatedness is not None:
@@ -408,34 +467,58 @@ def predicted_grouping(
     evaluate: bool,
     repeats: int,
     n_random: int,
+    folds: int = 3,
+    rule: str | None = None,
 ) -> dict[str, Any]:
-    """``group --predictor``: choose groups on the validation split with the predictor,
-    print them with each task's predicted loss, and with ``evaluate`` train the choice,
-    all tasks in one model, one model per task and random partitions of the same sizes
-    (``repeats`` seeds each) and print the actual test outcomes."""
+    """``group --predictor``: choose groups on validation data with the predictor (on
+    ``folds`` cross-fitted folds of the training + validation rows, with ``rule``), print
+    them with each task's predicted loss, and with ``evaluate`` train the choice, all tasks
+    in one model, one model per task and random partitions of the same sizes over
+    ``repeats`` repeats (each a new split and training seed; the choice is made anew in
+    each) and print the actual test outcomes."""
     import numpy as np
 
-    from taskrel.decisions.evaluate import evaluate_decisions, selection_view
+    from taskrel.decisions.crossfit import CrossFitted
+    from taskrel.decisions.evaluate import check_rule, evaluate_decisions, selection_view
     from taskrel.decisions.predictors import make_predictor
     from taskrel.decisions.search import choose_groups
     from taskrel.errors import ConfigError
+    from taskrel.relatedness.resample import plan_repeats, repeat_taskset
     from taskrel.training.regularization import ensure_validation
 
     if repeats < 1 or n_random < 0:
         raise ConfigError(f"--repeats must be >= 1 and --random >= 0, got {repeats} and {n_random}")
+    if rule is None:
+        rule = "one-se" if folds >= 2 and groups is None and not penalty else "min"
+    check_rule(rule, folds)
+    if rule == "one-se" and (groups is not None or penalty):
+        raise ConfigError(
+            "--rule one-se chooses the number of groups itself; with --groups or --penalty "
+            "use --rule min"
+        )
     taskset, _ = ensure_validation(taskset, seed=ctx.train_config.seed, purpose="choose groups on")
-    ctx = ctx.pinned(taskset)  # "auto" regularisation chosen once on the validation split
-    fitted = make_predictor(predictor).fit(selection_view(taskset), ctx)
-    chosen = choose_groups(fitted, taskset.names, groups, penalty)
+    plan = plan_repeats(taskset, repeats, seed=ctx.train_config.seed) if evaluate else []
+    pinned = ctx.pinned(taskset)  # "auto" regularisation chosen once on the validation split
+    fitted = (
+        CrossFitted(predictor, folds).fit(taskset, pinned)
+        if folds >= 2
+        else make_predictor(predictor).fit(selection_view(taskset), pinned)
+    )
+    chosen = choose_groups(fitted, taskset.names, groups, penalty, rule)
     assert chosen.predicted is not None
     labels = chosen.labels()
+    where = f"{folds}-fold cross-fitted validation" if folds >= 2 else "the validation split"
     typer.echo(
-        f"groups ({chosen.search} search on {predictor}; total predicted {chosen.score:.4g}, "
-        "lower is better): " + " | ".join(", ".join(g) for g in chosen.named()) + "\n"
+        f"groups ({chosen.search} search on {predictor}, {where}, rule {rule}; total "
+        f"predicted {chosen.score:.4g}, lower is better): "
+        + " | ".join(", ".join(g) for g in chosen.named())
+        + "\n"
     )
     doc: dict[str, Any] = {
         "predictor": predictor,
         "units": fitted.units,
+        "folds": folds,
+        "rule": rule,
         "n_groups": groups,
         "penalty": penalty,
         "groups": chosen.named(),
@@ -447,16 +530,18 @@ def predicted_grouping(
     keys = {i: f"group {labels[i] + 1}: {taskset.names[i]}" for i in order}
     rows = {keys[i]: {"predicted": float(chosen.predicted[i])} for i in order}
     if not evaluate:
-        print_table(f"{fitted.units} (validation split)", rows, ["predicted"])
+        print_table(f"{fitted.units} ({where})", rows, ["predicted"])
         return doc
-    report = evaluate_decisions(
-        [taskset] * repeats,
+    report = evaluate_decisions(  # each repeat chooses its regularisation on its own split
+        [repeat_taskset(taskset, r) for r in plan],
         ctx,
         [predictor],
         n_groups=groups,
         penalty=penalty,
         n_random=n_random,
         oracle=False,
+        folds=folds,
+        rule=rule,
     )
     test = np.mean([r.decisions[predictor].test_loss for r in report.repeats], axis=0)
     for i in order:
@@ -464,7 +549,10 @@ def predicted_grouping(
         rows[keys[i]]["all-in-one"] = float(np.mean([r.all_in_one[i] for r in report.repeats]))
         rows[keys[i]]["single-task"] = float(np.mean([r.single_task[i] for r in report.repeats]))
     columns = ["predicted", "actual", "all-in-one", "single-task"]
-    title = f"loss per task (predicted: validation split; actual: test, mean of {repeats} seeds)"
+    title = (
+        f"loss per task (predicted: {where} of the data's split; actual: test, mean over "
+        f"{repeats} repeats, each choosing anew on its own split)"
+    )
     print_table(title, rows, columns)
     losses = report.mean_losses()
     summary = report.summary()[predictor]
@@ -482,7 +570,7 @@ def predicted_grouping(
         for label, key in settings.items()
         if n_random or "random" not in label
     }
-    title = f"test loss, mean over tasks ({repeats} seeds, ± sample std)"
+    title = f"test loss, mean over tasks ({repeats} repeats, ± sample std)"
     print_table(title, table, ["mean test loss", "std"])
     for key, label in GAINS:
         if key in summary and (n_random or "random" not in key):

@@ -378,18 +378,22 @@ def _count(value: float | int, n: int, what: str, task: str) -> int:
     return int(value)
 
 
-def _stratified_order(task: Task, rng: np.random.Generator) -> np.ndarray:
-    """A permutation that interleaves classes so any prefix keeps class proportions."""
-    n = task.n_examples
+def _stratified_order(
+    task: Task, rng: np.random.Generator, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """A permutation of ``rows`` (default: all rows) that interleaves classes so any prefix
+    keeps class proportions."""
+    pool = np.arange(task.n_examples) if rows is None else np.asarray(rows)
     if task.kind != "classification" or task.y.ndim != 1:
-        return rng.permutation(n)
-    keys = np.empty(n)
-    for c in np.unique(task.y):
-        members = np.flatnonzero(task.y == c)
+        return pool[rng.permutation(len(pool))]
+    y = task.y[pool]
+    keys = np.empty(len(pool))
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
         rng.shuffle(members)
         # rank within class / class size: evenly spread positions in [0, 1)
         keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
-    return np.lexsort((rng.random(n), keys))
+    return pool[np.lexsort((rng.random(len(pool)), keys))]
 
 
 def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,8 @@ choose groups on those predictions, and check the choice by retraining.
 - :mod:`taskrel.decisions.search` — the partition search on group-additive objectives
   (predicted losses, or pair weights of a relatedness matrix): exact up to 10 tasks, local
   search beyond, fixed number of groups or a penalty per group.
+- :mod:`taskrel.decisions.crossfit` — choosing on K cross-fitted folds of the training +
+  validation rows, and the one-standard-error rule over folds.
 - :mod:`taskrel.decisions.evaluate` — actual subset outcomes, group LDS, and the decision
   evaluation against all-in-one, single-task, random partitions and the oracle.
 """

@@ -29,6 +29,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +41,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from taskrel.config import DataConfig
 from taskrel.data.taskset import TaskSet
+from taskrel.decisions.crossfit import (
+    RULES,
+    CrossFitted,
+    FoldCost,
+    fold_tasksets,
+    mean_cost,
+    one_se_choice,
+)
 from taskrel.decisions.predictors import GroupOutcomePredictor, make_predictor, partition_errors
 from taskrel.decisions.search import (
     Group,
@@ -332,6 +341,37 @@ class Repeat:
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
+def folds_cost(fold_outcomes: Sequence[SubsetOutcomes]) -> FoldCost:
+    """Per-fold actual validation costs ``(K, M)`` of groups, weighted like
+    :meth:`CrossFitted.fold_cost` (the mean over folds is the cross-validated cost)."""
+    weights = _fold_weights(fold_outcomes)
+
+    def cost(groups: Sequence[Group]) -> np.ndarray:
+        k = len(fold_outcomes)
+        tables = np.stack([o.losses(groups, "val") for o in fold_outcomes]) * weights[:, None]
+        return k * np.stack(
+            [np.nansum(tables[:, m, list(g)], axis=1) for m, g in enumerate(groups)], 1
+        )
+
+    return cost
+
+
+def cross_fitted_losses(
+    fold_outcomes: Sequence[SubsetOutcomes], subsets: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """``(M, T)`` actual validation losses of ``subsets`` averaged over folds (each task's
+    folds weighted by its validation rows), NaN outside each subset."""
+    tables = np.stack([o.losses(subsets, "val") for o in fold_outcomes])
+    return np.einsum("kmt,kt->mt", tables, _fold_weights(fold_outcomes))
+
+
+def _fold_weights(fold_outcomes: Sequence[SubsetOutcomes]) -> np.ndarray:
+    sizes = np.array(
+        [[len(t.val_idx) for t in o.taskset.tasks] for o in fold_outcomes], dtype=float
+    )
+    return sizes / sizes.sum(axis=0, keepdims=True)
+
+
 def _predictor_losses(p: GroupOutcomePredictor, subsets: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(p.subset_losses(subsets), dtype=float)
 
@@ -351,6 +391,8 @@ def run_repeat(
     seed: int = 0,
     search_options: Mapping[str, Any] | None = None,
     skip_failures: bool = False,
+    folds: int = 1,
+    rule: str = "min",
 ) -> Repeat:
     """One repeat of the decision evaluation (see :func:`evaluate_decisions`)."""
     taskset, _ = ensure_validation(taskset, seed=seed, purpose="choose groups on")
@@ -358,7 +400,11 @@ def run_repeat(
     names, t = taskset.names, len(taskset)
     view = selection_view(taskset)
     every, singles = [list(range(t))], [[i] for i in range(t)]
-    with SubsetOutcomes(taskset, ctx, data) as outcomes:
+    cross = folds >= 2
+    fold_sets = fold_tasksets(taskset, folds, seed) if cross else []
+    with ExitStack() as stack:
+        outcomes = stack.enter_context(SubsetOutcomes(taskset, ctx, data))
+        fold_outcomes = [stack.enter_context(SubsetOutcomes(ts, ctx)) for ts in fold_sets]
         decisions: dict[str, Grouping] = {}
         seconds: dict[str, float] = {}
         fitted: dict[str, GroupOutcomePredictor] = {}
@@ -366,9 +412,13 @@ def run_repeat(
         for name in predictors:
             start = time.perf_counter()
             try:
-                p = make_predictor(name).fit(view, ctx)
+                p = (
+                    CrossFitted(name, folds, seed).fit(taskset, ctx)
+                    if cross
+                    else make_predictor(name).fit(view, ctx)
+                )
                 decisions[name] = choose_groups(
-                    p, names, n_groups, penalty, seed=seed, **dict(search_options or {})
+                    p, names, n_groups, penalty, rule, seed=seed, **dict(search_options or {})
                 )
             except Exception as err:  # reported and left out, so the others still count
                 if not skip_failures:
@@ -383,21 +433,25 @@ def run_repeat(
         if oracle:
             starts = [every, singles, *(g.groups for g in decisions.values())]
             exhaustive = t <= oracle_exhaustive_max_tasks
-            found = search_partition(
-                outcomes.cost(),
-                t,
-                n_groups,
-                penalty,
-                search="exhaustive" if exhaustive else "local",
-                exhaustive_max_tasks=oracle_exhaustive_max_tasks,
-                restarts=0,
-                starts=starts,
-                budget=None if exhaustive else oracle_budget,
-                greedy=False,
-                seed=seed,
+            oracle_options: dict[str, Any] = {
+                "search": "exhaustive" if exhaustive else "local",
+                "exhaustive_max_tasks": oracle_exhaustive_max_tasks,
+                "restarts": 0,
+                "starts": starts,
+                "budget": None if exhaustive else oracle_budget,
+                "greedy": False,
+                "seed": seed,
+            }
+            if rule == "one-se":
+                chosen = one_se_choice(folds_cost(fold_outcomes), t, **oracle_options)
+                oracle_groups, oracle_search = chosen.groups, chosen.search
+            else:
+                cost = mean_cost(folds_cost(fold_outcomes)) if cross else outcomes.cost()
+                found = search_partition(cost, t, n_groups, penalty, **oracle_options)
+                oracle_groups, oracle_search = found.groups, found.search
+            oracle_seconds = sum(
+                o.seconds(list(o.results)) for o in (fold_outcomes if cross else [outcomes])
             )
-            oracle_groups, oracle_search = found.groups, found.search
-            oracle_seconds = outcomes.seconds(list(outcomes.results))
             if exhaustive:  # every subset is trained: the best partition on test is free
                 hindsight = search_partition(outcomes.cost("test"), t, n_groups, penalty).groups
         randoms = {
@@ -437,7 +491,11 @@ def run_repeat(
             },
         )
         if lds_subsets:
-            result.lds_actual = outcomes.losses(lds_subsets, outcomes.split)
+            result.lds_actual = (
+                cross_fitted_losses(fold_outcomes, lds_subsets)
+                if cross
+                else outcomes.losses(lds_subsets, outcomes.split)
+            )
             result.lds_predicted = {
                 name: _predictor_losses(p, lds_subsets) for name, p in fitted.items()
             }
@@ -467,13 +525,18 @@ def evaluate_decisions(
             choices that trains at most about ``oracle_budget`` subsets), ``lds_subsets``
             (subsets for the group LDS), ``data``, ``seed``, ``search_options``,
             ``skip_failures`` (a predictor that raises is reported in ``failures`` and left
-            out of every repeat instead of stopping the evaluation).
+            out of every repeat instead of stopping the evaluation), ``folds`` (``K >= 2``:
+            predictors and oracle choose on ``K``-fold cross-fitted validation losses of
+            the pooled training + validation rows, :mod:`taskrel.decisions.crossfit`;
+            1: on the validation split) and ``rule`` (``min`` or ``one-se``, the
+            one-standard-error rule over folds).
 
     Raises:
         ConfigError: no task set, task sets with different tasks, or bad search options.
     """
     if not tasksets:
         raise ConfigError("evaluate_decisions needs at least one task set (repeat)")
+    check_rule(options.get("rule", "min"), options.get("folds", 1))
     names = tasksets[0].names
     for ts in tasksets[1:]:
         if ts.names != names:
@@ -495,6 +558,21 @@ def evaluate_decisions(
         rep.lds_predicted = {k: v for k, v in rep.lds_predicted.items() if k in active}
     kind = tasksets[0].tasks[0].kind
     return DecisionReport(names, active, repeats, PRIMARY_METRIC[kind], planted, failures)
+
+
+def check_rule(rule: str, folds: int) -> None:
+    """Check a choice rule and fold count before any training.
+
+    Raises:
+        ConfigError: an unknown rule, ``folds`` not an integer >= 1, or ``one-se`` with
+            fewer than 2 folds.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ConfigError(f"folds must be an integer >= 1, got {folds!r}")
+    if rule not in RULES:
+        raise ConfigError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule == "one-se" and folds < 2:
+        raise ConfigError("rule='one-se' takes its standard error over folds: use folds >= 2")
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -563,6 +641,8 @@ class DecisionReport:
             )
         for name in self.predictors:
             out[name] = np.array([r.decisions[name].test_loss.mean() for r in self.repeats])
+            if any(len(r.decisions[name].random_test_loss) == 0 for r in self.repeats):
+                continue  # no random partitions drawn
             out[f"random ({name} sizes)"] = np.array(
                 [np.median(r.decisions[name].random_test_loss.mean(axis=1)) for r in self.repeats]
             )
@@ -580,11 +660,12 @@ class DecisionReport:
             row: dict[str, Any] = {
                 "test_loss": t_interval(mine),
                 "gain_vs_all_in_one": t_interval(losses["all-in-one"] - mine),
-                "gain_vs_median_random": t_interval(losses[f"random ({name} sizes)"] - mine),
                 "gain_vs_single_task": t_interval(losses["single-task"] - mine),
                 "n_groups": [len(r.decisions[name].grouping.groups) for r in self.repeats],
                 "seconds": t_interval([r.decisions[name].seconds for r in self.repeats]),
             }
+            if f"random ({name} sizes)" in losses:
+                row["gain_vs_median_random"] = t_interval(losses[f"random ({name} sizes)"] - mine)
             if "oracle" in losses:
                 row["oracle_gain_vs_all_in_one"] = t_interval(
                     losses["all-in-one"] - losses["oracle"]

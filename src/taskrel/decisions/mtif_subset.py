@@ -15,9 +15,16 @@ task t's mean training loss, ``L_i`` task i's mean test loss):
   (the data Hessians of tasks outside ``G`` are left out); with hard sharing the heads of
   those tasks only feel their L2 penalty, are decoupled from the rest and drop out of the
   solve, so the cost is one Schur-complement factorisation of the shared block plus one
-  small factorisation per task of ``G``. Option ``steps > 1`` continues with Newton steps
-  whose Hessians are recomputed at the current point, which converges to the subset
-  optimum of any convex model (e.g. logistic regression, where one step is not exact).
+  small factorisation per task of ``G``. The solver is chosen as MTIF's (``solver="auto"``,
+  :func:`~taskrel.relatedness.mtif.plan_solver`, under ``memory_budget_gb``): when the
+  sample space is small, or the block system does not fit the budget, ``H_G = P +
+  sum_{t in G} G_t^T G_t`` is solved in the sample space of the tasks of ``G``
+  (:mod:`~taskrel.relatedness.woodbury`; the kernel blocks of the full model are reused
+  for every subset), else by conjugate gradients; the parameters of the tasks outside ``G``
+  are held where they are, as the block solve leaves them. Option ``steps > 1`` continues
+  with Newton steps whose Hessians are recomputed at the current point, which converges to
+  the subset optimum of any convex model (e.g. logistic regression, where one step is not
+  exact).
 - **First order** (``mtif-first-order``): the removals add up linearly,
   ``L_i(G) = L_i(theta_hat) + sum_{j not in G} R[i, j]`` with
   ``R[i, j] = grad L_i^T H^-1 grad G_j`` the first-order task-level MTIF matrix (one solve
@@ -37,6 +44,7 @@ data terms (as MTIF's leave-one-task-out does); on soft sharing a notice says so
 from __future__ import annotations
 
 import copy
+from functools import cached_property
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -50,13 +58,18 @@ from taskrel.decisions.submodel import SubsetModel
 from taskrel.errors import ConfigError
 from taskrel.models.base import MTLModel
 from taskrel.notices import notice
-from taskrel.relatedness import RelateContext
+from taskrel.relatedness import RelateContext, woodbury
 from taskrel.relatedness.influence import (
+    SOLVERS,
     Damping,
+    ExplicitSolver,
     HessianOperator,
+    SymmetricOperator,
     check_damping,
+    hvp,
     resolve_damping,
 )
+from taskrel.relatedness.influence import memory_budget_gb as memory_budget
 from taskrel.relatedness.mtif import (
     MTIF,
     BlockArrow,
@@ -120,15 +133,35 @@ class MTIFSubset(GroupOutcomePredictor):
             :meth:`fit`; share one between predictors to compare their costs fairly).
         damping: added to ``H_G`` (and ``H``); ``"auto"``: 0 while positive definite,
             else just enough to make it so (a notice says when).
+        solver: MTIF's solver (``auto``: by size under the memory budget, see
+            :func:`~taskrel.relatedness.mtif.plan_solver`; ``explicit``, ``woodbury``,
+            ``woodbury-gn``, ``cg``, ``lissa``); the plan is in ``meta["solver_plan"]``.
+        memory_budget_gb: memory an explicit or sample-space solve may use (GB); default
+            :func:`~taskrel.relatedness.influence.memory_budget_gb`.
     """
 
     order: ClassVar[Literal["newton", "first-order"]] = "newton"
 
-    def __init__(self, model: MTLModel | None = None, damping: Damping = "auto") -> None:
+    def __init__(
+        self,
+        model: MTLModel | None = None,
+        damping: Damping = "auto",
+        solver: str = "auto",
+        memory_budget_gb: float | None = None,
+    ) -> None:
         super().__init__()
         check_damping(damping)
+        if not isinstance(solver, str) or solver not in ("auto", *SOLVERS):
+            raise ConfigError(
+                f"{self.name} option solver must be one of auto, {', '.join(SOLVERS)}, "
+                f"got {solver!r}"
+            )
+        if memory_budget_gb is not None:
+            memory_budget(memory_budget_gb)
         self.model = model
         self.damping = damping
+        self.solver = solver
+        self.memory_budget_gb = memory_budget_gb
 
     def _fit(self, taskset: TaskSet, ctx: RelateContext) -> None:
         from taskrel.relatedness.ground_truth import train_model
@@ -137,8 +170,13 @@ class MTIFSubset(GroupOutcomePredictor):
         if model is None:
             model = train_model(taskset, ctx.model, ctx.model_config, ctx.train_config)
             self.trainings = 1
-        solver = "explicit" if self.order == "newton" else "auto"
-        self.engine = MTIF(model, taskset, solver=solver, damping=self.damping)
+        self.engine = MTIF(
+            model,
+            taskset,
+            solver=self.solver,
+            damping=self.damping,
+            memory_budget_gb=self.memory_budget_gb,
+        )
         fns = self.engine.fns
         with torch.no_grad():
             self.base = torch.stack(
@@ -154,6 +192,7 @@ class MTIFSubset(GroupOutcomePredictor):
             gradient_scale=scale,
             n_params=fns.space.numel,
             structure=self.engine.structure.name,
+            solver_plan=self.engine.plan.to_meta(),
         )
         if self.meta["grad_norm_relative"] > UNCONVERGED_GRADIENT:
             notice(
@@ -173,7 +212,7 @@ class MTIFNewton(MTIFSubset):
     """The subset Newton step (registry ``mtif-newton``; see module docstring).
 
     Args:
-        model, damping: see :class:`MTIFSubset`.
+        model, damping, solver, memory_budget_gb: see :class:`MTIFSubset`.
         steps: Newton steps on the subset objective. The first reuses the full model's
             Hessians; each further one recomputes the subset model's Hessian at the new
             point (one per task of the subset), so more steps converge to the subset
@@ -185,17 +224,23 @@ class MTIFNewton(MTIFSubset):
     order = "newton"
 
     def __init__(
-        self, model: MTLModel | None = None, damping: Damping = "auto", steps: int = 1
+        self,
+        model: MTLModel | None = None,
+        damping: Damping = "auto",
+        steps: int = 1,
+        solver: str = "auto",
+        memory_budget_gb: float | None = None,
     ) -> None:
-        super().__init__(model, damping)
+        super().__init__(model, damping, solver, memory_budget_gb)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"mtif-newton option steps must be an integer >= 1, got {steps!r}")
         self.steps = steps
 
     def _prepare(self) -> None:
-        structure = self.engine.structure  # explicit: MTIF checked the memory budget
-        _ = structure.local_hessians
-        self.meta.update(hessian_columns=sum(d.shape[0] for d, _ in structure.local_hessians))
+        structure = self.engine.structure  # MTIF checked the plan against the memory budget
+        if self.engine.structured:
+            _ = structure.local_hessians
+            self.meta.update(hessian_columns=sum(d.shape[0] for d, _ in structure.local_hessians))
         self.meta["damped_solves"] = 0
         self.meta["max_damping"] = 0.0
         self.meta["extra_steps"] = 0
@@ -211,12 +256,22 @@ class MTIFNewton(MTIFSubset):
         full model, or the subset model when the penalty couples tasks), its stepped
         parameters, and the task index in ``fns`` of each task of ``subset``."""
         fns, structure = self.engine.fns, self.engine.structure
-        if self.separable:
+        if self.separable and self.engine.structured:
             system, coords = subset_system(structure, subset)
             rhs = self.task_grads[:, list(subset)].sum(1) + self.penalty_grad
             move = self._solve(system, rhs[coords], subset)
             return fns, fns.theta.index_add(0, coords, -move), list(subset)
+        if self.separable:
+            op, held = self._subset_operator(subset)
+            rhs = self.task_grads[:, list(subset)].sum(1) + self.penalty_grad
+            rhs[held] = 0.0
+            return fns, fns.theta - self._solve(op, rhs, subset), list(subset)
         sub = SubsetModel(fns, self.taskset, self.ctx, subset)
+        rhs = self.task_grads[sub.coords][:, list(subset)].sum(1)
+        rhs = rhs + grad(sub.fns.penalty)(sub.fns.theta)
+        if not self.engine.structured:
+            move = self._solve(self._hessian(sub.fns), rhs, subset)
+            return sub.fns, sub.fns.theta - move, list(range(len(subset)))
         own = structure_for(sub.fns)
         hessians = []
         for k, t in enumerate(subset):
@@ -226,10 +281,50 @@ class MTIFNewton(MTIFSubset):
             )
             hessians.append((structure.local_hessians[t][0], pen.dense()))
         own.__dict__["local_hessians"] = hessians
-        rhs = self.task_grads[sub.coords][:, list(subset)].sum(1)
-        rhs = rhs + grad(sub.fns.penalty)(sub.fns.theta)
         move = self._solve(own.block_system(), rhs, subset)
         return sub.fns, sub.fns.theta - move, list(range(len(subset)))
+
+    def _subset_operator(self, subset: Subset) -> tuple[SymmetricOperator, Tensor]:
+        """``H_G`` over all parameters, in the engine's form (sample-space kernel or
+        Hessian-vector products of the flat objective), and the flat positions ``held``
+        ``(k,)`` that no task of ``subset`` touches (the other tasks' own parameters).
+
+        ``held`` are decoupled from the rest in ``H_G`` (the penalty is separable); the
+        step leaves them where they are by a zero right-hand side there. Those of them the
+        penalty does not curve either (an L2 coefficient of 0) get a stand-in curvature on
+        the scale of the penalty's, so that ``H_G`` stays invertible without damping."""
+        engine = self.engine
+        members = set(subset)
+        weights = [1.0 if t in members else 0.0 for t in range(self.n_tasks)]
+        touched = torch.zeros(engine.fns.space.numel, dtype=torch.bool)
+        for t in subset:
+            touched[engine.structure.local_coords(t)] = True
+        held = torch.nonzero(~touched).flatten()
+        free = [engine.orphaned(j) for j in range(self.n_tasks) if j not in members]
+        pin = torch.cat([torch.zeros(0, dtype=torch.long), *free])
+        return engine.operator(weights=weights, pin=pin, pin_value=self.pin_value), held
+
+    @cached_property
+    def pin_value(self) -> float:
+        """Stand-in curvature of held parameters the penalty leaves flat: the largest
+        diagonal entry of the penalty's Hessian (1 when there is no penalty)."""
+        fns = self.engine.fns
+        ones = torch.ones(fns.space.numel, 1, dtype=fns.theta.dtype)
+        scale = float(hvp(fns.penalty, fns.theta, ones).abs().max())
+        return scale if scale > 0 else 1.0
+
+    def _hessian(self, fns: MTLFunctions) -> SymmetricOperator:
+        """The Hessian of ``fns``'s objective at ``fns.theta`` in the engine's form: the
+        block-arrow system, the sample-space kernel, or Hessian-vector products."""
+        plan = self.engine.plan
+        if self.engine.structured:
+            return structure_for(fns).block_system()
+        if plan.solver in woodbury.SAMPLE_SPACE:
+            space = woodbury.SampleSpace(
+                structure_for(fns), self.engine.chunk_size, plan.solver == "woodbury-gn"
+            )
+            return space.operator()
+        return HessianOperator(fns.objective, fns.theta)
 
     def further_steps(
         self, subset: Subset, fns: MTLFunctions, theta: Tensor
@@ -246,29 +341,41 @@ class MTIFNewton(MTIFSubset):
             if float(gradient.norm()) <= STATIONARY * self.meta["gradient_scale"]:
                 break
             fns.theta = theta.detach()
-            theta = theta - self._solve(structure_for(fns).block_system(), gradient, subset)
+            theta = theta - self._solve(self._hessian(fns), gradient, subset)
             self.meta["extra_steps"] += 1
         return fns, theta, list(range(len(subset)))
 
-    def _solve(self, system: BlockArrow, rhs: Tensor, subset: Subset) -> Tensor:
+    def _solve(self, system: SymmetricOperator, rhs: Tensor, subset: Subset) -> Tensor:
         """``(H_G + damping)^-1 rhs`` for ``rhs`` ``(k,)``, damped (with a notice) only if
-        ``H_G`` is not positive definite and ``damping="auto"``."""
+        ``H_G`` is not positive definite and ``damping="auto"``: a factorisation (block
+        arrow, sample-space kernel or dense) for the direct solvers, else the engine's
+        iterative solver."""
+        solver = self.engine.solver
+        if not isinstance(solver, ExplicitSolver):
+            x, report = solver.solve(system, rhs.unsqueeze(1), diagnose=False)
+            if report.damping > 0 and self.damping == "auto":
+                self._damped(subset, report.min_eig, report.damping)
+            return x[:, 0]
         damping = 0.0 if self.damping == "auto" else float(self.damping)
         factor = system.factorize(damping)
         if self.damping == "auto" and not factor.positive_definite:
             lo, hi = system.extreme_eigenvalues()
             damping = resolve_damping("auto", lo, hi)
             factor = system.factorize(damping)
-            if self.meta["damped_solves"] == 0:
-                notice(
-                    f"{self.name}: the subset Hessian of {list(subset)} is not positive "
-                    f"definite (smallest eigenvalue {lo:.3g}; e.g. l2_task=0 or a singular "
-                    f"model); damping {damping:.3g} used, predictions are approximate"
-                )
-            self.meta["damped_solves"] += 1
-            self.meta["max_damping"] = max(self.meta["max_damping"], damping)
+            self._damped(subset, lo, damping)
         move: Tensor = factor.solve(rhs.unsqueeze(1))[:, 0]
         return move
+
+    def _damped(self, subset: Subset, lo: float, damping: float) -> None:
+        """Count a damped solve (a notice for the first)."""
+        if self.meta["damped_solves"] == 0:
+            notice(
+                f"{self.name}: the subset Hessian of {list(subset)} is not positive "
+                f"definite (smallest eigenvalue {lo:.3g}; e.g. l2_task=0 or a singular "
+                f"model); damping {damping:.3g} used, predictions are approximate"
+            )
+        self.meta["damped_solves"] += 1
+        self.meta["max_damping"] = max(self.meta["max_damping"], damping)
 
     def _subset_losses(self, subsets: list[Subset]) -> np.ndarray:
         out = np.full((len(subsets), self.n_tasks), np.nan)

@@ -403,28 +403,60 @@ def choose_groups(
     task_names: Sequence[str],
     n_groups: int | None = None,
     penalty: float = 0.0,
+    rule: str = "min",
     **options: Any,
 ) -> Grouping:
-    """The partition minimising the total predicted loss of a fitted ``predictor``.
+    """The partition chosen on the predicted losses of a fitted ``predictor``.
 
     Args:
         predictor: fitted on the ``T`` tasks named ``task_names``.
         n_groups, penalty: as in :func:`search_partition`.
+        rule: ``min`` (the partition minimising the total predicted loss) or ``one-se``
+            (the fewest groups within one standard error of that minimum over folds; needs
+            a cross-fitted predictor, see :mod:`taskrel.decisions.crossfit`, and chooses
+            the number of groups itself).
         **options: other options of :func:`search_partition` (search, restarts, ...).
 
     Returns:
         A :class:`Grouping` whose ``score`` is the objective (sum over tasks of the
         predicted loss in their group, plus the penalty) and ``predicted`` the per-task
         predictions ``(T,)``.
+
+    Raises:
+        ConfigError: an unknown rule, or ``one-se`` without folds or with ``n_groups`` or
+            a penalty.
     """
-    found = search_partition(
-        predicted_loss_cost(predictor), len(task_names), n_groups, penalty, **options
-    )
+    if rule not in ("min", "one-se"):
+        raise ConfigError(f"rule must be 'min' or 'one-se', got {rule!r}")
+    objective = f"sum over tasks of the {predictor.units} (+ group penalty; lower is better)"
+    if rule == "one-se":
+        fold_cost = getattr(predictor, "fold_cost", None)
+        if fold_cost is None:
+            raise ConfigError(
+                "rule='one-se' needs a cross-fitted predictor (folds >= 2): the standard "
+                "error is taken over folds"
+            )
+        if n_groups is not None or penalty:
+            raise ConfigError(
+                "rule='one-se' chooses the number of groups itself; give neither n_groups "
+                "nor a penalty"
+            )
+        from taskrel.decisions.crossfit import one_se_choice
+
+        chosen = one_se_choice(fold_cost(), len(task_names), **options)
+        groups, search = chosen.groups, chosen.search
+        score = float(predicted_loss_cost(predictor)([tuple(g) for g in groups]).sum())
+        objective = f"sum over tasks of the {predictor.units} (one-standard-error rule)"
+    else:
+        found = search_partition(
+            predicted_loss_cost(predictor), len(task_names), n_groups, penalty, **options
+        )
+        groups, search, score = found.groups, found.search, found.objective
     return Grouping(
-        found.groups,
+        groups,
         list(task_names),
-        found.objective,
-        found.search,
-        objective=f"sum over tasks of the {predictor.units} (+ group penalty; lower is better)",
-        predicted=predictor.predict_group_loss(found.groups),
+        score,
+        search,
+        objective=objective,
+        predicted=predictor.predict_group_loss(groups),
     )

@@ -20,11 +20,14 @@ The model's output is iteration ``K``'s. Training minimises, per task ``t``,
 plus the body's penalty (``convergence``: our contraction hinge or the squared step sizes,
 :func:`convergence_loss`). Dropout masks are drawn once per unroll and shared by all its
 iterations, so with zero feedback every iteration equals iteration 0, in training too.
-Bodies: :class:`taskrel.models.slu.JointSLU` for SLU task sets (intent distribution ->
-every token of the slot tagger, token-averaged slot distribution -> intent classifier) and
-:class:`FeedbackMLPBody` (shared MLP encoder + one MLP head per task) for any flat-feature
-task set. :func:`feedback_relatedness` reads out how much each edge's feedback lowers its
-target's test loss.
+The body is a component chosen by ``base``: :class:`taskrel.models.slu.JointSLU`
+(``slu``, the default for SLU task sets: intent distribution -> every token of the slot
+tagger, token-averaged slot distribution -> intent classifier),
+:class:`taskrel.models.slu_stack.StackSLU` (``slu-stack``: the token-averaged intent and
+slot distributions, fed the same way) or :class:`FeedbackMLPBody` (``mlp``: shared MLP
+encoder + one MLP head per task, the default for flat-feature task sets); the feedback
+code is the same for all. :func:`feedback_relatedness` reads out how much each edge's
+feedback lowers its target's test loss.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ from taskrel.models.feedback_parts import (
 )
 from taskrel.models.schedules import exponential_anneal
 from taskrel.models.sharing import Activation, _check_flat, l2_penalty, mlp
-from taskrel.models.slu import JointSLU, JointSLUConfig, is_slu_taskset, slu_scores
+from taskrel.models.slu import JointSLU, JointSLUConfig, SLUModel, is_slu_taskset, slu_scores
+from taskrel.models.slu_stack import StackSLU, StackSLUConfig
 from taskrel.relatedness.result import Relatedness
 from taskrel.training.metrics import predict_task
 
@@ -179,8 +183,16 @@ class FeedbackConfig(ModelConfig):
     contraction: float = Field(
         0.5, ge=0.0, description="rho of the hinge: each step must shrink by rho"
     )
+    base: Literal["auto", "slu", "slu-stack", "mlp"] = Field(
+        "auto",
+        description="the body: 'slu' (joint BiLSTM), 'slu-stack' (Stack-Propagation) or "
+        "'mlp'; 'auto' = 'slu' for SLU task sets, 'mlp' otherwise",
+    )
     slu: JointSLUConfig = Field(
-        default_factory=JointSLUConfig, description="body options for SLU task sets"
+        default_factory=JointSLUConfig, description="body options of the 'slu' base"
+    )
+    stack: StackSLUConfig = Field(
+        default_factory=StackSLUConfig, description="body options of the 'slu-stack' base"
     )
     mlp: FeedbackMLPConfig = Field(
         default_factory=FeedbackMLPConfig, description="body options for flat-feature task sets"
@@ -237,10 +249,16 @@ class FeedbackMTL(MTLModel):
 
     @classmethod
     def build(cls, taskset: TaskSet, config: FeedbackConfig) -> FeedbackMTL:
-        """The SLU body for an intent + slots task set, the MLP body otherwise."""
+        """The body named by ``config.base`` (``auto``: the joint SLU body for an intent +
+        slots task set, the MLP body otherwise) with its options."""
+        base = config.base
+        if base == "auto":
+            base = "slu" if is_slu_taskset(taskset) else "mlp"
         body: FeedbackBody
-        if is_slu_taskset(taskset):
+        if base == "slu":
             body = JointSLU.build(taskset, config.slu)
+        elif base == "slu-stack":
+            body = StackSLU.build(taskset, config.stack)
         else:
             specs = TaskSpec.from_taskset(taskset)
             body = FeedbackMLPBody(specs, _check_flat(taskset, cls.name), config.mlp)
@@ -255,7 +273,7 @@ class FeedbackMTL(MTLModel):
         sample in training mode, the argmax in evaluation mode, ``[1]`` for a fixed point."""
         if self.config.infusion == "gate":
             return self._gate(edge)()
-        return torch.ones(1)
+        return torch.ones(1, device=self._device())
 
     def unroll(self, x: Tensor) -> tuple[list[list[Tensor]], Any]:
         """All iterations' outputs ``outputs[k][t]`` (``k = 0..K``) on inputs ``x`` and the
@@ -294,8 +312,8 @@ class FeedbackMTL(MTLModel):
         return outputs, state
 
     def forward(self, x: Tensor, task: int) -> Tensor:
-        """Iteration ``K``'s output of ``task``."""
-        return self.unroll(x)[0][-1][task]
+        """Iteration ``K``'s output of ``task`` (on ``x``'s device)."""
+        return self.unroll(x)[0][-1][task].to(x.device)
 
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         """Final-iteration losses + weighted intermediate losses + convergence loss +
@@ -317,7 +335,7 @@ class FeedbackMTL(MTLModel):
                 mask = self.body.output_mask(state, b.task)
                 conv.append(convergence_loss(dists, cfg.contraction, mask, cfg.convergence).mean())
         data = torch.stack(final).sum()
-        aux = torch.stack(inter).sum() if inter else torch.zeros(())
+        aux = torch.stack(inter).sum() if inter else data.new_zeros(())
         cl = torch.stack(conv).sum()
         pen = self.body.penalty()
         total = data + cfg.intermediate_weight * aux + cfg.convergence_weight * cl + pen
@@ -384,7 +402,7 @@ class FeedbackMTL(MTLModel):
 
     def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
         """SLU scores (intent accuracy, slot F1, sentence accuracy) for an SLU body."""
-        return slu_scores(self, taskset, split) if isinstance(self.body, JointSLU) else {}
+        return slu_scores(self, taskset, split) if isinstance(self.body, SLUModel) else {}
 
     def task_parameter_names(self, task: int) -> list[str]:
         """The body's parameters of ``task`` plus the amplifiers and gates of the edges

@@ -127,12 +127,21 @@ class Amplifier(nn.Sequential):
         super().__init__(nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, out_features))
 
 
+def token_distribution(logits: Tensor) -> Tensor:
+    """``softmax(logits)`` over the last axis, with rows that are all ``-inf`` (tokens
+    that do not exist, e.g. padding of token-level intent logits) giving zeros instead of
+    NaN (and no gradient)."""
+    real = torch.isfinite(logits).any(-1, keepdim=True)
+    return torch.softmax(logits.masked_fill(~real, 0.0), dim=-1) * real
+
+
 def output_distribution(output: Tensor, kind: str) -> Tensor:
     """A task's output as a vector per example (or token): class probabilities
-    ``(b, C)`` / ``(b, L, C)`` from logits, or the prediction ``(b, 1)`` for regression."""
+    ``(b, C)`` / ``(b, L, C)`` from logits (:func:`token_distribution`), or the prediction
+    ``(b, 1)`` for regression."""
     if kind == "regression":
         return output.reshape(-1, 1)
-    return torch.softmax(output, dim=-1)
+    return token_distribution(output)
 
 
 def masked_token_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -143,13 +152,13 @@ def masked_token_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def feedback_signal(output: Tensor, kind: str, mask: Tensor | None) -> Tensor:
-    """What a task sends to the others, ``(b, C)``: its class distribution; for sequence
-    labelling the tag distribution averaged over the real tokens of each utterance; for
-    regression its prediction ``(b, 1)``."""
+    """What a task sends to the others, ``(b, C)``: its class distribution; for outputs
+    with a token axis (sequence labelling, token-level intents) the distributions averaged
+    over the real tokens of each utterance; for regression its prediction ``(b, 1)``."""
     dist = output_distribution(output, kind)
-    if kind == "sequence_labeling":
+    if kind != "regression" and output.dim() == 3:
         if mask is None:
-            raise ValueError("sequence outputs need a token mask")
+            raise ValueError("token-level outputs need a token mask")
         return masked_token_mean(dist, mask)
     return dist
 

@@ -1,6 +1,11 @@
 """Joint spoken-language-understanding model: intent classification and slot filling on
 one BiLSTM encoder (the static, ``K = 0`` base of feedback MTL).
 
+:class:`SLUModel` holds what every SLU base shares (embeddings, character CNN, BiLSTM,
+shared dropout masks, CRF, unseen-class masking, metrics, device handling);
+:class:`JointSLU` (``slu``) adds the heads below, and
+:class:`taskrel.models.slu_stack.StackSLU` (``slu-stack``) its Stack-Propagation decoders.
+
 For a batch of ``b`` utterances padded with token id 0, trimmed to the longest one
 (``l`` tokens), with ``E`` = ``embedding_dim + char_filters``, ``h`` = ``hidden`` per
 direction and ``D`` = ``decoder_hidden``::
@@ -20,7 +25,7 @@ emission scores of a linear-chain CRF (:class:`taskrel.models.crf.CRF`; its tran
 start and end scores belong to the slot task): the slot loss is the CRF negative
 log-likelihood of the gold tag sequence divided by the utterance's number of real tokens
 (nats per token, the scale of the softmax loss), and the prediction is the Viterbi sequence
-(:meth:`JointSLU.output_loss`, :meth:`JointSLU.output_predictions`). With ``crf=False`` the
+(:meth:`SLUModel.output_loss`, :meth:`SLUModel.output_predictions`). With ``crf=False`` the
 slot loss is the token-averaged cross-entropy and the prediction the per-token argmax.
 Feedback MTL sends the softmax of the slot logits averaged over tokens either way.
 
@@ -29,7 +34,7 @@ labels unseen in training, :func:`taskrel.data.slu.unseen_class`) keeps that cla
 logits and losses (training never sees it as a target), but its score is ``-inf`` at
 prediction (argmax, Viterbi, :func:`tag_sentence`), so it is never predicted.
 
-Dropout draws its masks once per forward pass (:meth:`JointSLU.encode`, one mask per
+Dropout draws its masks once per forward pass (:meth:`SLUModel.encode`, one mask per
 example, token and unit at each place, :class:`SharedDropout`), and every later
 :meth:`JointSLU.decode` of that pass reuses them: the unrolled iterations of feedback MTL
 then differ only through the feedback.
@@ -48,12 +53,18 @@ vector ``(b, width)`` at an infusion point: to ``e`` or ``H`` at every token (th
 then re-run for ``e``), or to the decoder's pre-activation. Parameters: embedding and LSTM
 are shared; attention and intent decoder belong to the intent task, the slot decoder (and
 the CRF) to the slot task. The model adds no penalty (dropout regularises).
+
+Devices: inputs and targets may live on any device; the model moves them to its
+parameters' device, and :meth:`SLUModel.forward` and :meth:`SLUModel.output_predictions`
+return on the input's device (so the CPU-side trainer and evaluation work unchanged with
+a model moved to a GPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,7 +78,7 @@ from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.errors import ConfigError, DataError
 from taskrel.models.base import Batch, ModelConfig, MTLModel, TaskSpec
 from taskrel.models.crf import CRF
-from taskrel.models.feedback_parts import SharedDropout
+from taskrel.models.feedback_parts import SharedDropout, masked_token_mean, token_distribution
 from taskrel.training.metrics import predict_task, sequence_metrics
 
 INFUSION_POINTS = ("embedding", "encoder", "decoder")
@@ -117,6 +128,10 @@ class SLUState:
     total_length: int
     dropout: SharedDropout
 
+    def full_mask(self) -> Tensor:
+        """Real tokens ``(b, L)`` at the input's padded length."""
+        return F.pad(self.mask, (0, self.total_length - self.mask.shape[1]))
+
 
 def slu_task_indices(taskset: TaskSet) -> tuple[int, int]:
     """Positions ``(intent, slots)`` of an SLU task set's two tasks.
@@ -149,13 +164,20 @@ def is_slu_taskset(taskset: TaskSet) -> bool:
     return True
 
 
-class JointSLU(MTLModel):
-    """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head, optionally
-    decoded by a CRF (``crf``: None without it; see the module docstring). ``unseen``
-    maps a task to its ``UNK`` class, masked at prediction."""
+class SLUModel(MTLModel):
+    """What the SLU bases share (see the module docstring): word (and character)
+    embeddings, the stacked BiLSTM on packed sequences with shared dropout masks, the CRF
+    slot decoder, the masked ``UNK`` class, SLU metrics, and device transparency: inputs
+    and targets may live on any device, computations run on the parameters' device, and
+    :meth:`forward` and :meth:`output_predictions` return on the input's device.
+    Subclasses add their decoders (:meth:`decode`, :meth:`output_mask`,
+    :meth:`infusion_widths`) and may add to the encoder (:meth:`contextualize`)."""
 
     Config = JointSLUConfig
-    name = "slu"
+    config: JointSLUConfig
+    intent_prefixes: ClassVar[tuple[str, ...]] = ()
+    """Name prefixes of the intent task's parameters."""
+    slot_prefixes: ClassVar[tuple[str, ...]] = ("slot_hidden.", "slot_out.", "crf.")
 
     def __init__(
         self,
@@ -175,12 +197,11 @@ class JointSLU(MTLModel):
         self.intent_task, self.slot_task = intent_task, slot_task
         self.vocab_size = vocab_size
         self.unseen = dict(unseen or {})
-        width = 2 * config.hidden
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
         self.chars: CharCNN | None = None
         if config.char_filters > 0:
             if spellings is None:
-                raise ConfigError("JointSLU: char_filters > 0 needs the tokens' spellings")
+                raise ConfigError(f"{self.name}: char_filters > 0 needs the tokens' spellings")
             self.chars = CharCNN(spellings, config.char_dim, config.char_filters)
         # one BiLSTM per layer, so that the dropout between layers is ours (shared masks)
         self.lstm = nn.LSTM(
@@ -190,20 +211,13 @@ class JointSLU(MTLModel):
             bidirectional=True,
         )
         self.lstm_upper = nn.ModuleList(
-            nn.LSTM(width, config.hidden, batch_first=True, bidirectional=True)
+            nn.LSTM(2 * config.hidden, config.hidden, batch_first=True, bidirectional=True)
             for _ in range(config.layers - 1)
         )
-        self.attention = nn.Sequential(
-            nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False)
-        )
-        self.intent_hidden = nn.Linear(width, config.decoder_hidden)
-        self.intent_out = nn.Linear(config.decoder_hidden, tasks[intent_task].n_outputs)
-        self.slot_hidden = nn.Linear(width, config.decoder_hidden)
-        self.slot_out = nn.Linear(config.decoder_hidden, tasks[slot_task].n_outputs)
         self.crf = CRF(tasks[slot_task].n_outputs) if config.crf else None
 
     @classmethod
-    def build(cls, taskset: TaskSet, config: JointSLUConfig) -> JointSLU:
+    def build(cls, taskset: TaskSet, config: JointSLUConfig) -> SLUModel:
         intent, slots = slu_task_indices(taskset)
         x = taskset.tasks[0].x
         vocab = taskset.meta.get("vocab")
@@ -223,17 +237,21 @@ class JointSLU(MTLModel):
         return cls(specs, vocab_size, intent, slots, config, spellings, unseen)
 
     # -- the feedback-body interface (see taskrel.models.feedback_parts.FeedbackBody) ----
-    def infusion_widths(self, task: int) -> dict[str, int]:
-        cfg = self.config
-        return {
-            "embedding": cfg.embedding_dim + cfg.char_filters,
-            "encoder": 2 * cfg.hidden,
-            "decoder": cfg.decoder_hidden,
-        }
+    def infusion_widths(self, task: int) -> dict[str, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(
+        self, state: SLUState, task: int, additions: Mapping[str, Tensor]
+    ) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_mask(self, state: SLUState, task: int) -> Tensor | None:  # pragma: no cover
+        raise NotImplementedError
 
     def encode(self, x: Tensor) -> SLUState:
-        """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding); in training, draw
-        this pass's dropout masks."""
+        """Embed and encode token ids ``x`` ``(b, L)`` (0 = padding; moved to the model's
+        device); in training, draw this pass's dropout masks."""
+        x = x.to(self._device())
         mask_full = x != 0
         lengths = mask_full.sum(1).clamp(min=1)
         longest = int(lengths.max())
@@ -247,11 +265,15 @@ class JointSLU(MTLModel):
             emb = torch.cat([emb, self.chars(x)], dim=-1)
         dropout = SharedDropout(self.config.dropout, self.training)
         emb = dropout("embedding", emb)
-        enc = self._lstm(emb, lengths, dropout)
-        return SLUState(emb, enc, mask_full[:, :longest], lengths, mask_full.shape[1], dropout)
+        mask = mask_full[:, :longest]
+        enc = self.contextualize(emb, lengths, mask, dropout)
+        return SLUState(emb, enc, mask, lengths, mask_full.shape[1], dropout)
 
-    def _lstm(self, emb: Tensor, lengths: Tensor, drop: SharedDropout) -> Tensor:
-        """The stacked BiLSTM on packed sequences, dropout after every layer."""
+    def contextualize(
+        self, emb: Tensor, lengths: Tensor, mask: Tensor, drop: SharedDropout
+    ) -> Tensor:
+        """The encoder on embeddings ``emb`` ``(b, l, E)``: here the stacked BiLSTM,
+        ``(b, l, 2h)``, dropout after every layer."""
         out = emb
         for i, lstm in enumerate([self.lstm, *self.lstm_upper]):
             packed = pack_padded_sequence(
@@ -263,15 +285,101 @@ class JointSLU(MTLModel):
             out = drop(f"lstm{i}", out)
         return out
 
-    def decode(self, state: SLUState, task: int, additions: Mapping[str, Tensor]) -> Tensor:
-        """Logits of ``task`` (intent ``(b, C)``, slots ``(b, L, S)``) with optional
-        additive features ``(b, width)`` at the infusion points."""
+    def encoder_features(self, state: SLUState, additions: Mapping[str, Tensor]) -> Tensor:
+        """The encoder output ``(b, l, width)`` with the ``embedding`` addition (the
+        encoder re-run on ``e + a``) and the ``encoder`` addition (added to every token)."""
         enc = state.enc
         if "embedding" in additions:
             add = additions["embedding"].unsqueeze(1)
-            enc = self._lstm(state.emb + add, state.lengths, state.dropout)
+            enc = self.contextualize(state.emb + add, state.lengths, state.mask, state.dropout)
         if "encoder" in additions:
             enc = enc + additions["encoder"].unsqueeze(1)
+        return enc
+
+    # -- the MTLModel interface ---------------------------------------------------------
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        return self.decode(self.encode(x), task, {}).to(x.device)
+
+    def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
+        """Both tasks' mean losses from ONE encoder pass over the shared utterances."""
+        state = self.encode(batches[0].x)
+        losses = [
+            self.output_loss(self.decode(state, b.task, {}), b.y, b.task).mean() for b in batches
+        ]
+        data = torch.stack(losses).sum()
+        return data, {"data_loss": float(data.detach()), "penalty": 0.0}
+
+    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
+        """Per-example loss ``(b,)`` (on the model's device): with the CRF, the slot task's
+        is the CRF negative log-likelihood of the gold tags given the slot logits
+        ``(b, L, S)`` divided by the utterance's number of real tokens (``y != PAD_TAG``;
+        nats per token, the scale of the softmax loss); otherwise the default (token-mean
+        cross-entropy)."""
+        device = self._device()
+        output, y = output.to(device), y.to(device)
+        if self.crf is None or task != self.slot_task:
+            return super().output_loss(output, y, task)
+        mask = y != PAD_TAG
+        return self.crf.nll(output, y, mask) / mask.sum(1).clamp(min=1).to(output.dtype)
+
+    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
+        """Intent ids ``(b,)``; slot tags ``(b, L)``: Viterbi over the real tokens
+        (``x != 0``) with the CRF, else the per-token argmax. The task's ``UNK`` class
+        (:attr:`unseen`) scores ``-inf``, so it is never predicted. On ``x``'s device."""
+        device = self._device()
+        output = mask_class(output.to(device), self.unseen.get(task))
+        if self.crf is None or task != self.slot_task:
+            return super().output_predictions(output, x, task).to(x.device)
+        return self.crf.decode(output, x.to(device) != 0).to(x.device)
+
+    def task_parameter_names(self, task: int) -> list[str]:
+        prefixes = self.intent_prefixes if task == self.intent_task else self.slot_prefixes
+        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
+
+    def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
+        return slu_scores(self, taskset, split)
+
+
+class JointSLU(SLUModel):
+    """Embeddings + BiLSTM + attention-pooled intent head + per-token slot head, optionally
+    decoded by a CRF (``crf``: None without it; see the module docstring). ``unseen``
+    maps a task to its ``UNK`` class, masked at prediction."""
+
+    name = "slu"
+    intent_prefixes = ("attention.", "intent_hidden.", "intent_out.")
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        vocab_size: int,
+        intent_task: int,
+        slot_task: int,
+        config: JointSLUConfig,
+        spellings: CharTable | None = None,
+        unseen: Mapping[int, int] | None = None,
+    ) -> None:
+        super().__init__(tasks, vocab_size, intent_task, slot_task, config, spellings, unseen)
+        width = 2 * config.hidden
+        self.attention = nn.Sequential(
+            nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False)
+        )
+        self.intent_hidden = nn.Linear(width, config.decoder_hidden)
+        self.intent_out = nn.Linear(config.decoder_hidden, tasks[intent_task].n_outputs)
+        self.slot_hidden = nn.Linear(width, config.decoder_hidden)
+        self.slot_out = nn.Linear(config.decoder_hidden, tasks[slot_task].n_outputs)
+
+    def infusion_widths(self, task: int) -> dict[str, int]:
+        cfg = self.config
+        return {
+            "embedding": cfg.embedding_dim + cfg.char_filters,
+            "encoder": 2 * cfg.hidden,
+            "decoder": cfg.decoder_hidden,
+        }
+
+    def decode(self, state: SLUState, task: int, additions: Mapping[str, Tensor]) -> Tensor:
+        """Logits of ``task`` (intent ``(b, C)``, slots ``(b, L, S)``) with optional
+        additive features ``(b, width)`` at the infusion points."""
+        enc = self.encoder_features(state, additions)
         dec_add = additions.get("decoder")
         if task == self.intent_task:
             scores = self.attention(enc).squeeze(-1).masked_fill(~state.mask, -torch.inf)
@@ -288,50 +396,7 @@ class JointSLU(MTLModel):
         """Real tokens ``(b, L)`` for the slot task, None for the intent task."""
         if task == self.intent_task:
             return None
-        return F.pad(state.mask, (0, state.total_length - state.mask.shape[1]))
-
-    # -- the MTLModel interface ---------------------------------------------------------
-    def forward(self, x: Tensor, task: int) -> Tensor:
-        return self.decode(self.encode(x), task, {})
-
-    def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
-        """Both tasks' mean losses from ONE encoder pass over the shared utterances."""
-        state = self.encode(batches[0].x)
-        losses = [
-            self.output_loss(self.decode(state, b.task, {}), b.y, b.task).mean() for b in batches
-        ]
-        data = torch.stack(losses).sum()
-        return data, {"data_loss": float(data.detach()), "penalty": 0.0}
-
-    def output_loss(self, output: Tensor, y: Tensor, task: int) -> Tensor:
-        """Per-example loss ``(b,)``: with the CRF, the slot task's is the CRF negative
-        log-likelihood of the gold tags given the slot logits ``(b, L, S)`` divided by the
-        utterance's number of real tokens (``y != PAD_TAG``; nats per token, the scale of
-        the softmax loss); otherwise the default (token-mean cross-entropy)."""
-        if self.crf is None or task != self.slot_task:
-            return super().output_loss(output, y, task)
-        mask = y != PAD_TAG
-        return self.crf.nll(output, y, mask) / mask.sum(1).clamp(min=1).to(output.dtype)
-
-    def output_predictions(self, output: Tensor, x: Tensor, task: int) -> Tensor:
-        """Intent ids ``(b,)``; slot tags ``(b, L)``: Viterbi over the real tokens
-        (``x != 0``) with the CRF, else the per-token argmax. The task's ``UNK`` class
-        (:attr:`unseen`) scores ``-inf``, so it is never predicted."""
-        output = mask_class(output, self.unseen.get(task))
-        if self.crf is None or task != self.slot_task:
-            return super().output_predictions(output, x, task)
-        return self.crf.decode(output, x != 0)
-
-    def task_parameter_names(self, task: int) -> list[str]:
-        prefixes = (
-            ("attention.", "intent_hidden.", "intent_out.")
-            if task == self.intent_task
-            else ("slot_hidden.", "slot_out.", "crf.")
-        )
-        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
-
-    def extra_metrics(self, taskset: TaskSet, split: str) -> dict[str, float]:
-        return slu_scores(self, taskset, split)
+        return state.full_mask()
 
 
 # -- character features -------------------------------------------------------------------
@@ -469,8 +534,10 @@ class TaggedSentence:
 def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> TaggedSentence:
     """Intent and slot tags of one whitespace-tokenised sentence with a trained SLU model
     of ``taskset`` (whose ``meta['tokens']``, else ``meta['vocab']``, maps words to ids;
-    a word in neither is ``<unk>``). The ``UNK`` intent and tag are never output; the
-    intent probability is taken over the other intents."""
+    a word in neither is ``<unk>``). The intent is the model's prediction
+    (:meth:`MTLModel.predict`: the argmax, or a vote over tokens for token-level intent
+    logits); its probability comes from :func:`intent_distribution`. The ``UNK`` intent
+    and tag are never output."""
     intent, slots = slu_task_indices(taskset)
     vocab = taskset.meta.get("tokens") or taskset.meta.get("vocab")
     if vocab is None:
@@ -478,14 +545,25 @@ def tag_sentence(model: MTLModel, taskset: TaskSet, sentence: str) -> TaggedSent
     x = encode_sentence(sentence, vocab)
     model.eval()
     intent_names = _names(taskset, intent)
-    logits = mask_class(model(x, intent), unseen_class(intent_names))
-    probs = torch.softmax(logits, dim=-1)[0]
+    logits = model(x, intent)
+    best = int(model.output_predictions(logits, x, intent)[0])
+    probs = intent_distribution(logits, unseen_class(intent_names))[0]
     tags = model.predict(x, slots)[0].tolist()
     tag_names = _names(taskset, slots)
-    best = int(probs.argmax())
     return TaggedSentence(
         sentence.split(), intent_names[best], float(probs[best]), [tag_names[t] for t in tags]
     )
+
+
+def intent_distribution(logits: Tensor, unseen: int | None = None) -> Tensor:
+    """Intent probabilities ``(b, C)`` with class ``unseen`` excluded: the softmax of
+    utterance logits ``(b, C)``, or the mean over real tokens of the token softmaxes of
+    token-level logits ``(b, L, C)`` (padding rows are all ``-inf``)."""
+    logits = mask_class(logits, unseen)
+    if logits.dim() == 2:
+        return torch.softmax(logits, dim=-1)
+    real = torch.isfinite(logits).any(-1)
+    return masked_token_mean(token_distribution(logits), real)
 
 
 def _names(taskset: TaskSet, task: int) -> tuple[str, ...]:

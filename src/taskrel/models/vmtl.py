@@ -2,9 +2,11 @@
 
 Model (``T`` tasks, all of one kind with the same number of outputs ``C``):
 
-- a shared Bayesian encoder (input dropout, then a :class:`BayesianLinear` layer ``d -> K``)
-  gives the amortised posterior ``q(z|x) = N(mu(x), diag var(x))`` of the representation
-  (local reparameterisation: the law of ``x W + b`` under the weight posterior);
+- a shared Bayesian encoder (input dropout, ``encoder_layers`` deterministic ``Linear -> ELU``
+  layers of width ``K`` — none by default, two in the reference's ``vmtl_ac`` — then a
+  :class:`BayesianLinear` layer ``-> K``) gives the amortised posterior
+  ``q(z|x) = N(mu(x), diag var(x))`` of the representation (local reparameterisation: the
+  law of ``h W + b`` under the weight posterior, ``h`` the deterministic layers' output);
 - task ``t`` has a Bayesian linear head ``w_t`` of shape ``(K + 1, C)`` (last row = bias)
   with mean-field posterior ``q(w_t) = N(M_t, diag S_t^2)``; outputs are
   ``[a(z), 1] w_t`` with ``a`` the configured activation (identity by default).
@@ -45,8 +47,12 @@ Objective on one mini-batch per task (minimised; nats per example)::
 
 with ``n_t`` the task's number of training examples (so ``beta = eta = 1`` is the ELBO
 per example), the expectation estimated with ``train_samples`` samples of ``z`` and of the
-head outputs (local reparameterisation). Regression uses a Gaussian likelihood with a
-learned noise std per task, on targets standardised per task with the training mean/std.
+head outputs (local reparameterisation). With ``batching="balanced"`` (the reference's
+sampler) each classification task's training batch is replaced by ``per_class`` rows of
+every class present in the task (:class:`taskrel.models.vmtl_parts.BalancedSampler`), so
+the likelihood term is a class-balanced mean; regression tasks keep the trainer's batches.
+Regression uses a Gaussian likelihood with a learned noise std per task, on targets
+standardised per task with the training mean/std.
 
 Schedules (:meth:`VMTL.on_step`): the Gumbel-Softmax temperature anneals geometrically
 from ``tau_start`` to ``tau_end``; ``beta`` and ``eta`` rise linearly from 0 over the first
@@ -90,10 +96,13 @@ from taskrel.models.bayes import (
 from taskrel.models.schedules import exponential_anneal, linear_warmup
 from taskrel.models.vmtl_parts import (
     Attention,
+    BalancedSampler,
     PosteriorGenerator,
     attention_logits,
+    elu_layers,
     summary_inputs,
 )
+from taskrel.notices import notice
 from taskrel.relatedness.result import Relatedness
 from taskrel.training.trainer import fit
 
@@ -105,6 +114,19 @@ Component = Literal["w", "z"]
 
 class VMTLConfig(ModelConfig):
     latent: int = Field(128, ge=1, description="size K of the representation z")
+    encoder_layers: int = Field(
+        0,
+        ge=0,
+        description="deterministic Linear -> ELU layers of width `latent` before the "
+        "Bayesian encoder layer (the reference's vmtl_ac uses 2)",
+    )
+    batching: Literal["shuffled", "balanced"] = Field(
+        "shuffled",
+        description="training batches: shuffled = the trainer's (batch_size rows per task); "
+        "balanced = per_class rows of every class per task and step (the reference; a "
+        "class with fewer rows is drawn with replacement; regression: shuffled)",
+    )
+    per_class: int = Field(4, ge=1, description="balanced batching: rows per class, task and step")
     classifier: Literal["free", "amortized"] = Field(
         "free",
         description="free: a Gaussian head per task; amortized: head posteriors generated "
@@ -239,7 +261,8 @@ class VMTL(MTLModel):
         c = tasks[0].n_outputs if self.kind == "classification" else 1
         k = config.latent
         self.dropout = nn.Dropout(config.dropout)
-        self.encoder = BayesianLinear(d, k, config.sigma_init)
+        self.encoder_body = elu_layers(d, k, config.encoder_layers)
+        self.encoder = BayesianLinear(k if config.encoder_layers else d, k, config.sigma_init)
         if config.classifier == "amortized":
             self.generator = PosteriorGenerator(k, config.generator_hidden, config.sigma_init)
             summary, _ = summary_inputs(train_x, train_y, self.kind, c)
@@ -259,6 +282,14 @@ class VMTL(MTLModel):
                 nn.Parameter(torch.tensor(math.log(0.5))) for _ in range(n)
             )
         self._register_data(train_x, train_y)
+        self.sampler: BalancedSampler | None = None
+        if config.batching == "balanced" and self.kind == "classification":
+            self.sampler = BalancedSampler(self.anchor_y, self.anchor_valid, c, config.per_class)
+        elif config.batching == "balanced" and "batching" in config.model_fields_set:
+            notice(
+                "model 'vmtl': batching='balanced' draws rows per class; regression tasks "
+                "have none, so the trainer's shuffled batches are used"
+            )
         self.schedule = ScheduleState(config.tau_start, config.beta, config.eta, mixing=True)
 
     def _register_data(self, train_x: Sequence[Tensor], train_y: Sequence[Tensor]) -> None:
@@ -330,7 +361,7 @@ class VMTL(MTLModel):
     def generate(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Amortised head posteriors ``(..., K + 1)`` (mean, variance) for summary inputs
         ``u`` ``(..., d)``: the generator at the encoder mean (no dropout)."""
-        return self.generator(self._activate(self.encoder.moments(u)[0]))
+        return self.generator(self._activate(self.encoder_moments(u)[0]))
 
     def head_groups(self) -> tuple[Tensor, Tensor]:
         """Head posteriors grouped by independent prior mixture, each ``(T, G, D)``: free
@@ -341,10 +372,15 @@ class VMTL(MTLModel):
             return mu.transpose(1, 2), var.transpose(1, 2)
         return mu.flatten(1).unsqueeze(1), var.flatten(1).unsqueeze(1)
 
+    def encoder_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance ``(..., K)`` of ``q(z|x)`` for inputs ``(..., d)``, without
+        input dropout: the deterministic ELU layers, then the Bayesian layer."""
+        return self.encoder.moments(self.encoder_body(x))
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z|x)``: mean and variance ``(b, K)`` of the representation (input dropout
         applies in training mode)."""
-        return self.encoder.moments(self.dropout(x))
+        return self.encoder_moments(self.dropout(x))
 
     def _activate(self, z: Tensor) -> Tensor:
         """``a(z)``: the configured activation."""
@@ -479,7 +515,7 @@ class VMTL(MTLModel):
         alpha = self.mixing_weights("z") if alpha is None else alpha
         anchors, avail = self.anchors(x, y, tasks)
         with torch.no_grad():
-            mu_s, var_s = self.encoder.moments(anchors)  # (b, T, K)
+            mu_s, var_s = self.encoder_moments(anchors)  # (b, T, K)
         weights = alpha[tasks] * avail  # (b, T)
         total = weights.sum(-1, keepdim=True)
         weights = weights / total.clamp_min(1e-12)
@@ -504,10 +540,27 @@ class VMTL(MTLModel):
         var = torch.exp(2 * torch.stack(list(self.log_noise)))[tasks].unsqueeze(-1)
         return -gaussian_log_prob(out, target, var).mean(0)
 
+    def balanced_batches(self, tasks: Sequence[int]) -> list[Batch]:
+        """One class-balanced batch per task in ``tasks`` (``batching="balanced"``):
+        ``per_class`` training rows of every class present in the task."""
+        if self.sampler is None:  # pragma: no cover - only called with balanced batching
+            raise ValueError("balanced batches need batching='balanced'")
+        rows, present = self.sampler.draw()  # (T, C, k), (T, C)
+        out = []
+        for t in tasks:
+            idx = rows[t][present[t]].flatten()
+            out.append(Batch(t, self.anchor_x[t, idx], self.anchor_y[t, idx]))
+        return out
+
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO per example, summed over tasks (see module docstring); every
-        task's batch is processed in one vectorised pass."""
+        task's batch is processed in one vectorised pass. With ``batching="balanced"``,
+        in training mode, each task's batch is replaced by a class-balanced draw from its
+        training rows (the trainer's batches only say which tasks take part; in eval mode,
+        e.g. the trainer's full-batch gradient check, the given batches are used)."""
         st = self.schedule
+        if self.sampler is not None and self.training:
+            batches = self.balanced_batches([b.task for b in batches])
         x = torch.cat([b.x for b in batches])
         y = torch.cat([b.y for b in batches])
         tasks = torch.cat([torch.full((len(b.x),), b.task) for b in batches])
@@ -532,9 +585,13 @@ class VMTL(MTLModel):
         }
 
     def penalty(self) -> Tensor:
-        """``(l2/2) ||encoder weight and bias means||^2``."""
+        """``(l2/2) ||encoder weights and biases||^2``: the Bayesian layer's means and the
+        deterministic ELU layers' parameters."""
         enc = self.encoder
-        return 0.5 * self.config.l2 * (enc.weight_mu.pow(2).sum() + enc.bias_mu.pow(2).sum())
+        total = enc.weight_mu.pow(2).sum() + enc.bias_mu.pow(2).sum()
+        for p in self.encoder_body.parameters():
+            total = total + p.pow(2).sum()
+        return 0.5 * self.config.l2 * total
 
     def task_parameter_names(self, task: int) -> list[str]:
         """A task's mixing logits, noise std (regression) and free head (the amortised

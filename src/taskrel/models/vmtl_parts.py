@@ -1,5 +1,6 @@
 """Parts of VMTL (:mod:`taskrel.models.vmtl`): the amortised classifier generator, the
-per-task summaries it reads, and the attention of the z-prior anchors.
+per-task summaries it reads, the attention of the z-prior anchors, the encoder's
+deterministic ELU layers and the class-balanced batch sampler.
 
 Amortised classifiers (``classifier="amortized"``)
 ---------------------------------------------------
@@ -126,3 +127,62 @@ def attention_logits(x: Tensor, xs: Tensor, valid: Tensor, mode: Attention) -> T
         shift = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
         scaled = (dots - shift) / span.clamp_min(1e-12)
     return scaled.masked_fill(~valid, _MASKED)
+
+
+def elu_layers(in_features: int, width: int, layers: int) -> nn.Sequential:
+    """``layers`` deterministic layers ``Linear -> ELU`` of width ``width`` (the reference's
+    ``vmtl_ac`` encoder has two before its Bayesian layer); the identity when ``layers=0``.
+
+    Maps ``(..., in_features)`` to ``(..., width)`` (``(..., in_features)`` when empty)."""
+    body: list[nn.Module] = []
+    for i in range(layers):
+        body += [nn.Linear(in_features if i == 0 else width, width), nn.ELU()]
+    return nn.Sequential(*body)
+
+
+class BalancedSampler(nn.Module):
+    """Class-balanced mini-batches (``batching="balanced"``, the reference's sampler):
+    per step, ``k`` training rows of every class present in a task, for every task.
+
+    A class with at least ``k`` rows in the task gives ``k`` distinct rows (drawn without
+    replacement); a class with ``0 < n < k`` rows gives ``k`` rows drawn *with*
+    replacement (uniformly among its ``n`` rows, so it still weighs as much as the other
+    classes); a class absent from the task gives none. Randomness: torch's global
+    generator (seeded by the trainer).
+
+    Args:
+        labels: training class ids of each task, ``(T, n_max)`` long (padded).
+        valid: ``(T, n_max)`` bool, False on padding.
+        n_classes: number of classes ``C``.
+        k: rows per class, task and step.
+    """
+
+    rows: Tensor  # (T, C, m) row positions of each task's class-c rows, padded with 0
+    counts: Tensor  # (T, C) number of such rows
+
+    def __init__(self, labels: Tensor, valid: Tensor, n_classes: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        classes = torch.arange(n_classes).reshape(1, -1, 1)
+        hits = (labels.unsqueeze(1) == classes) & valid.unsqueeze(1)  # (T, C, n_max)
+        counts = hits.sum(-1)
+        m = max(int(counts.max()), 1)
+        # stable sort puts each class's rows first, in their original order
+        order = torch.sort((~hits).to(torch.int8), dim=-1, stable=True).indices[..., :m]
+        self.register_buffer("rows", order, persistent=False)
+        self.register_buffer("counts", counts, persistent=False)
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        """Row positions ``(T, C, k)`` into each task's training rows, and ``(T, C)`` bool:
+        whether the class is present (positions of absent classes are meaningless)."""
+        counts = self.counts
+        t, c, m = self.rows.shape
+        width = max(m, self.k)
+        keys = torch.rand(t, c, width, device=counts.device)
+        keys = keys.masked_fill(torch.arange(width, device=counts.device) >= counts[..., None], 2.0)
+        distinct = keys.argsort(-1)[..., : self.k]  # k random valid positions, no repeats
+        repeated = (torch.rand(t, c, self.k, device=counts.device) * counts[..., None]).long()
+        slots = torch.where(counts[..., None] >= self.k, distinct, repeated)
+        slots = torch.minimum(slots, (counts[..., None] - 1).clamp_min(0))
+        rows = torch.gather(self.rows, -1, slots.clamp_max(m - 1))
+        return rows, counts > 0

@@ -24,7 +24,7 @@ from taskrel.training.trainer import TrainConfig, as_train_config
 from taskrel.validation import check_options
 
 METHODS: dict[str, str] = {
-    "mtif": "taskrel.relatedness.mtif:mtif_relatedness",
+    "mtif": "taskrel.relatedness.ensemble:mtif_ensemble",
     "gradient": "taskrel.relatedness.baselines:gradient_cosine",
     "affinity": "taskrel.relatedness.baselines:lookahead_affinity",
     "ground-truth": "taskrel.relatedness.ground_truth:loto_relatedness",
@@ -114,10 +114,13 @@ def relate(
     if precheck is not None:
         precheck(taskset, context, **options)
     start = time.perf_counter()
-    try:
-        ctx = context.pinned(taskset)
-    except ConfigError:  # ctx.model does not fit these data: a method that trains it
-        ctx = context  # raises the same error; one that does not (e.g. vmtl) needs no pins
+    if options.get("model") is not None:
+        ctx = context  # a trained model was given: nothing to choose, nothing to train
+    else:
+        try:
+            ctx = context.pinned(taskset)
+        except ConfigError:  # ctx.model does not fit these data: a method that trains it
+            ctx = context  # raises the same error; one that does not (e.g. vmtl) needs none
     result: Relatedness = fn(taskset, ctx, **options)
     result.meta.setdefault("wall_time_s", time.perf_counter() - start)
     if ctx.regularization is not None:

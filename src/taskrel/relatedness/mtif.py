@@ -26,10 +26,12 @@ Laplacian, which an auxiliary "consensus" block turns into the same block-arrow 
 are solved by one Schur-complement factorisation (:class:`BlockArrow`); per-example
 gradients are taken only over the parameters a task's loss touches.
 
-Solver choice (``solver="auto"``, the default): the structured explicit solve while its
-blocks fit the memory budget (:func:`influence.memory_budget_gb`), else conjugate
-gradients on Hessian-vector products, which need ``O(p)`` memory. The choice and the
-estimates are recorded in ``meta['solver_plan']``.
+Solver choice (``solver="auto"``, the default): the sample-space solve
+(:mod:`~taskrel.relatedness.woodbury`; Gauss-Newton for networks) when the sample space is
+much smaller than the parameter space, else the structured explicit solve while its blocks
+fit the memory budget (:func:`influence.memory_budget_gb`), else conjugate gradients on
+Hessian-vector products, which need ``O(p)`` memory (details: :func:`plan_solver`). The
+choice and the estimates are recorded in ``meta['solver_plan']``.
 """
 
 from __future__ import annotations
@@ -555,18 +557,19 @@ def plan_solver(
 ) -> SolverPlan:
     """Choose the solver under a memory budget, before anything large is allocated.
 
-    ``"auto"``: the sample-space (Woodbury) solve when it applies (a model linear in its
-    parameters with a diagonal positive penalty), ``R * WOODBURY_RATIO <= p`` and it fits
+    ``"auto"``: the sample-space solve when it applies (a diagonal positive penalty;
+    ``woodbury`` for a model linear in its parameters, its Gauss-Newton version
+    ``woodbury-gn`` for a network), ``R * WOODBURY_RATIO <= p`` and it fits
     ``budget_gb``; else the structured explicit solve if it fits, else the dense explicit
-    solve if ``structured=False`` was asked and it fits, else the Woodbury solve if it
-    applies, fits and ``R < p``, else CG on Hessian-vector products (``O(p)`` memory).
+    solve if ``structured=False`` was asked and it fits, else the (exact) Woodbury solve if
+    it applies, fits and ``R < p``, else CG on Hessian-vector products (``O(p)`` memory).
     ``structured=None`` means structured for the explicit solver, flat Hessian-vector
     products for the iterative ones (the Woodbury solver has its own structure).
 
     Raises:
         ConfigError: an explicit or Woodbury solve (or a structured iterative one) that
             does not fit the budget (the message states its size and the budget), or
-            ``woodbury`` where it does not apply (the message says why).
+            ``woodbury``/``woodbury-gn`` where it does not apply (the message says why).
     """
     budget = memory_budget_gb(budget_gb)
     requested = solver.name if isinstance(solver, Solver) else solver
@@ -580,34 +583,38 @@ def plan_solver(
     n_params = structure.fns.space.numel
     dense = dense_solve_bytes(n_params, itemsize)
     blocks = structure.structured_bytes(itemsize)
+    sample = woodbury.sample_space_solver(structure) if requested == "auto" else requested
+    gauss_newton = sample == "woodbury-gn"
     reason = (
-        woodbury.not_applicable_reason(structure) if requested in ("auto", "woodbury") else None
+        woodbury.not_applicable_reason(structure, gauss_newton)
+        if sample in woodbury.SAMPLE_SPACE
+        else None
     )
     rows = kernel = None
-    if requested in ("auto", "woodbury") and reason is None:
+    if sample in woodbury.SAMPLE_SPACE and reason is None:
         rows = woodbury.sample_rows(structure)
         kernel = woodbury.woodbury_bytes(structure, itemsize)
     kernel_fits = kernel is not None and kernel <= budget * GB
     name = requested
     if name == "auto":
         if kernel_fits and rows is not None and rows * WOODBURY_RATIO <= n_params:
-            name, structured = "woodbury", False
+            name, structured = sample, False
         elif structured is not False and blocks <= budget * GB:
             name, structured = "explicit", True
         elif structured is False and dense <= budget * GB:
             name = "explicit"
-        elif kernel_fits and rows is not None and rows < n_params:
+        elif kernel_fits and rows is not None and rows < n_params and not gauss_newton:
             name, structured = "woodbury", False
         else:
             name = "cg"
-    if name == "woodbury":
+    if name in woodbury.SAMPLE_SPACE:
         if reason is not None:
-            raise ConfigError(f"solver='woodbury' does not apply to this model: {reason}")
+            raise ConfigError(f"solver={name!r} does not apply to this model: {reason}")
         if structured:
-            raise ConfigError("structured=True does not apply to solver='woodbury'")
+            raise ConfigError(f"structured=True does not apply to solver={name!r}")
         assert kernel is not None
         check_memory(
-            f"solver='woodbury' with {rows:,} sample-space rows",
+            f"solver={name!r} with {rows:,} sample-space rows",
             kernel,
             budget,
             "use solver='auto' or 'cg', or raise memory_budget_gb",
@@ -639,8 +646,9 @@ class MTIF:
     Args:
         model: a trained :class:`HardSharing`, :class:`SoftSharing` or single-task model.
         taskset: the data it was trained on (train split) and is evaluated on (test).
-        solver: ``auto`` (by size, see :func:`plan_solver`), ``explicit``, ``cg``,
-            ``lissa`` or a :class:`Solver` instance.
+        solver: ``auto`` (by size, see :func:`plan_solver`), ``explicit``, ``woodbury``,
+            ``woodbury-gn`` (Gauss-Newton, for networks), ``cg``, ``lissa`` or a
+            :class:`Solver` instance.
         damping: added to the Hessian's diagonal; ``"auto"``: 0 if positive definite,
             else enough to make it so (see :func:`influence.resolve_damping`).
         structured: solve with the block-arrow system (blocks formed explicitly) rather
@@ -688,8 +696,8 @@ class MTIF:
         self.solver = make_solver(chosen, damping, **options)
         self.structured = self.plan.structured
         self.sample_space = (
-            woodbury.SampleSpace(self.structure, chunk_size)
-            if self.plan.solver == "woodbury"
+            woodbury.SampleSpace(self.structure, chunk_size, self.plan.solver == "woodbury-gn")
+            if self.plan.solver in woodbury.SAMPLE_SPACE
             else None
         )
         self.chunk_size = chunk_size
@@ -1054,36 +1062,44 @@ class MTIF:
 
     def test_example_scores(
         self,
-        target: int,
+        target: int | Sequence[int],
         rows: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores per (training example, test example of ``target``).
 
         Args:
-            target: target task position.
-            rows: positions within the target's test split (default: all).
+            target: target task position, or several: their test examples side by side in
+                the order given, from one solve and one pass over the training examples
+                (memory: a ``(p, M)`` right-hand side).
+            rows: positions within the target's test split (default: all; one target only).
 
         Returns:
             ``(scores (N, M), test_rows (M,))``: ``scores[n, m]`` is the predicted change of
             the loss of test example ``m`` when training example n is removed (fixed
-            weighting); their mean over m is ``instance_scores()[0][:, target]``.
+            weighting); their mean over a target's m is ``instance_scores()[0][:, target]``.
         """
         fns = self.fns
-        x, y = fns.test[target]
-        pick = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
-        coords = self.structure.local_coords(target)
-        loss = fns.example_loss(target, coords)
-        rhs = torch.zeros(fns.space.numel, len(pick), dtype=fns.theta.dtype)
-        sel = torch.as_tensor(pick)
-        col = 0
-        for g in per_example_grads(loss, fns.theta[coords], x[sel], y[sel], self.chunk_size):
-            rhs[coords, col : col + len(g)] = g.T
-            col += len(g)
+        targets = [target] if isinstance(target, int) else list(target)
+        if rows is not None and len(targets) != 1:
+            raise ConfigError(f"rows selects test rows of one target, got targets {targets}")
+        blocks, test_rows = [], []
+        for i in targets:
+            x, y = fns.test[i]
+            pick = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+            coords = self.structure.local_coords(i)
+            loss = fns.example_loss(i, coords)
+            rhs = torch.zeros(fns.space.numel, len(pick), dtype=fns.theta.dtype)
+            sel = torch.as_tensor(pick)
+            col = 0
+            for g in per_example_grads(loss, fns.theta[coords], x[sel], y[sel], self.chunk_size):
+                rhs[coords, col : col + len(g)] = g.T
+                col += len(g)
+            blocks.append(rhs)
+            test_rows.append(self.taskset.tasks[i].test_idx[pick])
         solver = self.solver.with_damping(self.report.damping)
-        v, _ = solver.solve(self.operator(), rhs, diagnose=False)
+        v, _ = solver.solve(self.operator(), torch.cat(blocks, dim=1), diagnose=False)
         scores = torch.cat([self._train_scores(j, v) for j in range(self.n_tasks)])
-        test_rows = self.taskset.tasks[target].test_idx[pick]
-        return scores.numpy(), test_rows
+        return scores.numpy(), np.concatenate(test_rows)
 
     def diagnostics(self) -> dict[str, Any]:
         """Diagnostics of the computation so far (``meta['diagnostics']``): stationarity of

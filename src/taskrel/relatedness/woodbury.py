@@ -1,4 +1,5 @@
-"""Sample-space (Woodbury / kernel) solves for models that are linear in their parameters.
+"""Sample-space (Woodbury / kernel) solves: exact for models that are linear in their
+parameters, the generalised Gauss-Newton (GGN) approximation for networks.
 
 For a model whose outputs ``f(x; theta)`` are linear in ``theta`` (a linear or logistic
 model, e.g. hard or soft sharing with ``hidden=[]``) the Hessian of the MTIF objective is
@@ -19,19 +20,29 @@ sample space:
 Cost ``O(R^2 p_local + R^3)`` time and ``O(R p_local + R^2)`` memory instead of
 ``O(p^3)`` / ``O(p^2)``: the method of choice when ``R << p`` (many features, few
 examples). Task weights ``w_t`` give ``H - H_j`` (``w_j = 0``) and reweighted objectives
-with the same factors. A few unpenalised coordinates (biases) are handled exactly by
-``u`` extra kernel rows (:meth:`KernelOperator.factorize`).
+with the same factors (and the same kernel blocks, cached while ``D`` stays the same). A
+few unpenalised coordinates (biases) are handled exactly by ``u`` extra kernel rows
+(:meth:`KernelOperator.factorize`). Directions of zero output curvature (softmax's
+constant direction, ``Lambda_i 1 = 0``) contribute nothing and get no row: ``C - 1`` rows
+per example for a softmax over ``C`` classes.
 
-Not applicable (a reason is returned, :func:`not_applicable_reason`): models not linear in
-their parameters (an MLP's Hessian has a second-order term this form drops; that would be
-the Gauss-Newton approximation), a penalty Hessian that is not diagonal (soft-sharing
-coupling > 0) or many zeros (an L2 coefficient of 0 on a whole block), and outputs with
-more than one dimension per example (sequence labelling).
+Networks (solver ``woodbury-gn``): the Hessian of a model that is not linear in its
+parameters has a second term, ``sum_i (d loss / d f) d^2 f / d theta^2``, which the form
+above drops. What remains, ``P + G^T G``, is the generalised Gauss-Newton matrix: positive
+definite whenever ``P`` is, equal to the Hessian at a perfect fit, and solved by the same
+code (per-example Jacobians from ``torch.func``, in chunks of bounded memory). For a model
+linear in its parameters it is the exact Hessian, so both solvers agree there.
+
+Not applicable (a reason is returned, :func:`not_applicable_reason`): for ``woodbury``,
+models not linear in their parameters; for both, a penalty Hessian that is not diagonal
+(soft-sharing coupling > 0) or many zeros (an L2 coefficient of 0 on a whole block), and
+outputs with more than one dimension per example (sequence labelling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -54,6 +65,66 @@ if TYPE_CHECKING:
     from taskrel.relatedness.mtif import MTLFunctions, Structure
 
 DIAGONAL_RTOL = 1e-12  # penalty Hessian counts as diagonal within this relative error
+NULL_RTOL = 1e-10
+"""An output-curvature direction of an example whose eigenvalue is at most this fraction of
+the example's largest gets no row (softmax's constant direction: 0 up to rounding, which
+for a confident prediction is ~1e-16 / p_min of the largest)."""
+JACOBIAN_CHUNK_BYTES = 2**26
+"""A chunk of per-example Jacobians is kept near this size (its gradients over all
+parameters): fewer examples per chunk for wide networks."""
+LANCZOS_STEPS = 20
+"""Lanczos steps of the eigenvalue estimates of a large sample-space operator (a
+diagnostic: positive definiteness comes from the factorisation itself)."""
+SAMPLE_SPACE = ("woodbury", "woodbury-gn")
+"""The sample-space solvers: exact for models linear in their parameters, Gauss-Newton."""
+
+
+def _example_loss(fns: MTLFunctions, task: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss of one example of task ``task`` as a function of its flat outputs ``(C,)``
+    and its target."""
+    shape = fns.outputs(fns.theta, task, fns.train[task][0][:1]).shape
+    model = fns.model
+
+    def loss(out: Tensor, yi: Tensor) -> Tensor:
+        return model.output_loss(out.reshape(shape), yi.unsqueeze(0), task)[0]
+
+    return loss
+
+
+def curvature_roots(
+    fns: MTLFunctions, task: int, x: Tensor, y: Tensor, chunk_size: int = 256
+) -> Tensor:
+    """Square roots of the per-example loss curvature in the outputs, ``(n, C, C)``:
+    ``Lambda_i = root_i root_i^T`` with columns ``sqrt(lambda_k) v_k`` (eigenpairs of
+    ``Lambda_i``, negative eigenvalues clamped to 0). Forward passes only."""
+    curv = vmap(hessian(_example_loss(fns, task)))
+    width = output_width(fns, task)
+    parts = [torch.zeros(0, width, width, dtype=fns.theta.dtype)]
+    for s in range(0, len(x), chunk_size):
+        xs, ys = x[s : s + chunk_size], y[s : s + chunk_size]
+        with torch.no_grad():
+            out = fns.outputs(fns.theta, task, xs).reshape(len(xs), width)
+        lam = curv(out, ys)  # (c, C, C)
+        evals, evecs = torch.linalg.eigh(0.5 * (lam + lam.transpose(1, 2)))
+        parts.append(evecs * evals.clamp(min=0.0).sqrt().unsqueeze(1))
+    return torch.cat(parts)
+
+
+def jacobian_chunks(
+    fns: MTLFunctions, task: int, coords: Tensor, x: Tensor, chunk_size: int
+) -> Iterator[Tensor]:
+    """Per-example output Jacobians ``J_i`` of task ``task`` over the coordinates
+    ``coords``, ``(c, C, p_local)`` for ``chunk_size`` consecutive examples at a time
+    (``torch.func.vmap(jacrev)``)."""
+    theta = fns.theta
+
+    def outputs(values: Tensor, xi: Tensor) -> Tensor:
+        return fns.outputs(theta.index_copy(0, coords, values), task, xi.unsqueeze(0)).reshape(-1)
+
+    jac = vmap(jacrev(outputs), in_dims=(None, 0))
+    local = theta[coords]
+    for s in range(0, len(x), chunk_size):
+        yield jac(local, x[s : s + chunk_size])
 
 
 def curvature_factors(
@@ -68,27 +139,11 @@ def curvature_factors(
     coordinates ``coords``, streamed in chunks of ``(c, C, p_local)``; ``(S_i J_i)^T S_i J_i``
     is the Gauss-Newton part of example i's loss Hessian (all of it for a model linear in
     its parameters)."""
-    theta = fns.theta
-
-    def outputs(values: Tensor, xi: Tensor) -> Tensor:
-        return fns.outputs(theta.index_copy(0, coords, values), task, xi.unsqueeze(0)).reshape(-1)
-
-    shape = fns.outputs(theta, task, x[:1]).shape
-    model = fns.model
-
-    def loss(out: Tensor, yi: Tensor) -> Tensor:
-        return model.output_loss(out.reshape(shape), yi.unsqueeze(0), task)[0]
-
-    local = theta[coords]
-    jac = vmap(jacrev(outputs), in_dims=(None, 0))
-    out = vmap(outputs, in_dims=(None, 0))
-    curv = vmap(hessian(loss))
-    for s in range(0, len(x), chunk_size):
-        xs, ys = x[s : s + chunk_size], y[s : s + chunk_size]
-        lam = curv(out(local, xs).detach(), ys)  # (c, C, C)
-        evals, evecs = torch.linalg.eigh(0.5 * (lam + lam.transpose(1, 2)))
-        root = evecs * evals.clamp(min=0.0).sqrt().unsqueeze(1)  # lam = root root^T
-        yield root.transpose(1, 2) @ jac(local, xs)
+    roots = curvature_roots(fns, task, x, y, chunk_size)
+    for s, jac in zip(
+        range(0, len(x), chunk_size), jacobian_chunks(fns, task, coords, x, chunk_size), strict=True
+    ):
+        yield roots[s : s + chunk_size].transpose(1, 2) @ jac
 
 
 def output_width(fns: MTLFunctions, task: int) -> int:
@@ -97,23 +152,50 @@ def output_width(fns: MTLFunctions, task: int) -> int:
     return int(fns.outputs(fns.theta, task, x[:1]).numel())
 
 
+def kept_directions(roots: Tensor) -> Tensor:
+    """``(n, C)`` bool: the output-curvature directions of each example that get a row
+    (eigenvalue above :data:`NULL_RTOL` of the example's largest), from
+    :func:`curvature_roots`."""
+    lam = roots.pow(2).sum(1)  # (n, C): the eigenvalues
+    return lam > NULL_RTOL * lam.max(1, keepdim=True).values
+
+
+def task_rows(fns: MTLFunctions, task: int, chunk_size: int = 256) -> int:
+    """``R_t``: rows of task ``task`` in the sample space (``n_t C``, less the directions of
+    zero curvature: ``n_t (C - 1)`` for a softmax). Forward passes only."""
+    x, y = fns.train[task]
+    return int(kept_directions(curvature_roots(fns, task, x, y, chunk_size)).sum())
+
+
 def sample_rows(structure: Structure) -> int:
-    """``R = sum_t n_t C_t``: the dimension of the sample space."""
-    fns = structure.fns
-    return sum(len(fns.train[t][0]) * output_width(fns, t) for t in range(fns.n_tasks))
+    """``R = sum_t R_t``: the dimension of the sample space (:func:`task_rows`)."""
+    return sum(task_rows(structure.fns, t) for t in range(structure.fns.n_tasks))
+
+
+def jacobian_chunk_size(width: int, numel: int, itemsize: int = 8, chunk_size: int = 256) -> int:
+    """Examples per chunk of Jacobians: at most ``chunk_size``, and few enough that the
+    chunk's gradients ``(c, width, numel)`` stay near :data:`JACOBIAN_CHUNK_BYTES` (``numel``
+    = all parameters: the backward pass writes each output's gradient over the full vector
+    before the local coordinates are picked)."""
+    return max(1, min(chunk_size, JACOBIAN_CHUNK_BYTES // max(width * numel * itemsize, 1)))
 
 
 def woodbury_bytes(structure: Structure, itemsize: int = 8, chunk_size: int = 256) -> int:
     """Estimated peak bytes of the Woodbury solve: the factors (``R_t x p_local`` per task),
-    the kernel, its Cholesky factor and a working copy (``3 R^2``), and one chunk of
-    Jacobians."""
+    the kernel, its cached blocks, its LU factor and a working copy (``4 R^2``), one scaled
+    copy of the largest factor while the kernel is formed, one chunk of Jacobians (three
+    copies of its gradients over all parameters) and the Lanczos basis of the eigenvalue
+    estimates."""
     fns = structure.fns
     widths = [output_width(fns, t) for t in range(fns.n_tasks)]
-    rows = [len(fns.train[t][0]) * c for t, c in enumerate(widths)]
+    rows = [task_rows(fns, t, chunk_size) for t in range(fns.n_tasks)]
     local = [structure.local_coords(t).numel() for t in range(fns.n_tasks)]
-    factors = sum(r * n for r, n in zip(rows, local, strict=True))
-    chunk = 2 * chunk_size * max(widths) * max(local)
-    return itemsize * (factors + 3 * sum(rows) ** 2 + chunk)
+    sizes = [r * n for r, n in zip(rows, local, strict=True)]
+    width, numel = max(widths), fns.space.numel
+    examples = min(max(len(fns.train[t][0]) for t in range(fns.n_tasks)), chunk_size)
+    chunk = 3 * jacobian_chunk_size(width, numel, itemsize, examples) * width * numel
+    lanczos = 2 * LANCZOS_STEPS * numel  # its basis and a stacked copy
+    return itemsize * (sum(sizes) + max(sizes) + 4 * sum(rows) ** 2 + chunk + lanczos)
 
 
 def penalty_diagonal(fns: MTLFunctions, seed: int = 0) -> Tensor | None:
@@ -130,14 +212,25 @@ def penalty_diagonal(fns: MTLFunctions, seed: int = 0) -> Tensor | None:
     return diag
 
 
-def not_applicable_reason(structure: Structure) -> str | None:
-    """Why the Woodbury solver does not apply to ``structure``'s model (None: it does)."""
+def sample_space_solver(structure: Structure) -> str:
+    """The sample-space solver for ``structure``'s model: ``woodbury`` (exact) for a model
+    linear in its parameters, ``woodbury-gn`` (Gauss-Newton) otherwise."""
+    model = getattr(getattr(structure, "fns", None), "model", None)
+    return "woodbury" if getattr(model, "convex", False) else "woodbury-gn"
+
+
+def not_applicable_reason(structure: Structure, gauss_newton: bool = False) -> str | None:
+    """Why the Woodbury solver (``gauss_newton``: its Gauss-Newton version) does not apply
+    to ``structure``'s model (None: it does)."""
     fns = getattr(structure, "fns", None)
     model = getattr(fns, "model", None)
     if fns is None or model is None:
         return "no model"
-    if not getattr(model, "convex", False):
-        return "the model is not linear in its parameters"
+    if not gauss_newton and not getattr(model, "convex", False):
+        return (
+            "the model is not linear in its parameters (solver='woodbury-gn' applies its "
+            "Gauss-Newton approximation)"
+        )
     for t in range(fns.n_tasks):
         if len(fns.outputs(fns.theta, t, fns.train[t][0][:1]).shape) > 2:
             return "outputs have more than one dimension per example"
@@ -152,23 +245,46 @@ def not_applicable_reason(structure: Structure) -> str | None:
     return None
 
 
+@dataclass
+class KernelCache:
+    """Unweighted kernel blocks ``G_t D^-1 G_s^T`` by task pair ``(t, s)``, ``t <= s``, all
+    for the one inverse diagonal ``inverse`` ``(p,)`` (cleared when another is asked)."""
+
+    inverse: Tensor | None = None
+    blocks: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+
+    def for_inverse(self, inverse: Tensor) -> dict[tuple[int, int], Tensor]:
+        """The blocks valid for ``inverse`` (emptied if it differs from the cached one)."""
+        if self.inverse is None or not torch.equal(self.inverse, inverse):
+            self.inverse, self.blocks = inverse, {}
+        return self.blocks
+
+
 class SampleSpace:
-    """The factors ``G_t`` and penalty diagonal of a model linear in its parameters.
+    """The factors ``G_t`` and penalty diagonal of the sample-space form.
 
     Args:
         structure: the model's MTIF structure (local coordinates per task).
-        chunk_size: examples per chunk of Jacobians.
+        chunk_size: at most this many examples per chunk of Jacobians (fewer for wide
+            networks, see :func:`jacobian_chunk_size`).
+        gauss_newton: accept a model that is not linear in its parameters (``G^T G`` is
+            then the Gauss-Newton part of its data Hessian).
 
     Raises:
-        ConfigError: the Woodbury form does not apply (the reason is in the message)."""
+        ConfigError: the form does not apply (the reason is in the message)."""
 
-    def __init__(self, structure: Structure, chunk_size: int = 256) -> None:
-        reason = not_applicable_reason(structure)
+    def __init__(
+        self, structure: Structure, chunk_size: int = 256, gauss_newton: bool = False
+    ) -> None:
+        reason = not_applicable_reason(structure, gauss_newton)
         if reason is not None:
-            raise ConfigError(f"solver='woodbury' does not apply: {reason}")
+            name = "woodbury-gn" if gauss_newton else "woodbury"
+            raise ConfigError(f"solver={name!r} does not apply: {reason}")
         self.structure = structure
         self.fns = structure.fns
         self.chunk_size = chunk_size
+        self.gauss_newton = gauss_newton
+        self.cache = KernelCache()
 
     @cached_property
     def penalty_diagonal(self) -> Tensor:
@@ -179,14 +295,38 @@ class SampleSpace:
 
     @cached_property
     def factors(self) -> list[Tensor]:
-        """Per task ``G_t``, ``(n_t C, p_local)``: rows ``S_i J_i / sqrt(n_t)``."""
-        out = []
-        for t in range(self.fns.n_tasks):
-            x, y = self.fns.train[t]
-            coords = self.structure.local_coords(t)
-            parts = curvature_factors(self.fns, t, coords, x, y, self.chunk_size)
-            g = torch.cat([c.reshape(-1, c.shape[-1]) for c in parts])
-            out.append(g / len(x) ** 0.5)
+        """Per task ``G_t``, ``(R_t, p_local)``: rows ``sqrt(lambda_k) v_k^T J_i / sqrt(n_t)``
+        for every example i and output-curvature eigenpair ``(lambda_k, v_k)`` of it above
+        :data:`NULL_RTOL` of its largest (``R_t <= n_t C``). Each is written in place chunk
+        by chunk, so the peak is the factors plus one chunk."""
+        return [self._factor(t) for t in range(self.fns.n_tasks)]
+
+    def _factor(self, task: int) -> Tensor:
+        fns = self.fns
+        x, y = fns.train[task]
+        coords = self.structure.local_coords(task)
+        roots = curvature_roots(fns, task, x, y, self.chunk_size)  # (n, C, C)
+        keep = kept_directions(roots)
+        out = torch.empty(int(keep.sum()), coords.numel(), dtype=fns.theta.dtype)
+        width = roots.shape[1]
+        chunk = jacobian_chunk_size(width, fns.space.numel, out.element_size(), self.chunk_size)
+        root_rows = roots.transpose(1, 2) / max(len(x), 1) ** 0.5  # row k: S_i's k-th row
+        row = 0
+        for s, jac in zip(
+            range(0, len(x), chunk), jacobian_chunks(fns, task, coords, x, chunk), strict=True
+        ):
+            mine = keep[s : s + chunk]  # (c, C)
+            picked = root_rows[s : s + chunk][mine]  # (k, C): the kept rows, example-major
+            counts = mine.sum(1)
+            if bool((counts == counts[0]).all()):  # m rows each: multiply straight into out
+                c, m = mine.shape[0], int(counts[0])
+                target = out[row : row + c * m].view(c, m, -1)
+                torch.matmul(picked.view(c, m, width), jac, out=target)
+            else:
+                owner = torch.nonzero(mine)[:, 0]
+                out[row : row + picked.shape[0]] = torch.einsum("kc,kcp->kp", picked, jac[owner])
+            row += picked.shape[0]
+            del jac
         return out
 
     def operator(
@@ -195,20 +335,32 @@ class SampleSpace:
         pin: Tensor | None = None,
         pin_value: float = 0.0,
     ) -> KernelOperator:
-        """``P + sum_t w_t G_t^T G_t`` (default weights 1: the Hessian ``H``), plus
-        ``pin_value`` on the diagonal at the flat positions ``pin``."""
+        """``P + sum_t w_t G_t^T G_t`` (default weights 1: the Hessian ``H``, or its
+        Gauss-Newton approximation), plus ``pin_value`` on the diagonal at the flat
+        positions ``pin``."""
         coords = [self.structure.local_coords(t) for t in range(self.fns.n_tasks)]
         w = list(weights) if weights is not None else [1.0] * self.fns.n_tasks
         penalty = self.penalty_diagonal
         if pin is not None and pin.numel():
             penalty = penalty.clone()
             penalty[pin] += pin_value
-        return KernelOperator(penalty, self.factors, coords, w)
+        return KernelOperator(penalty, self.factors, coords, w, self.cache)
+
+
+def _columns(g: Tensor, idx: Tensor) -> Tensor:
+    """``g[:, idx]``: a view (no copy) when ``idx`` is a contiguous increasing range."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) + 1 == n and (n == 1 or bool((idx.diff() == 1).all())):
+        return g[:, int(idx[0]) : int(idx[-1]) + 1]
+    return g[:, idx]
 
 
 class KernelOperator(SymmetricOperator):
     """``H = diag(P) + sum_t w_t G_t^T G_t`` with ``G_t`` ``(R_t, p_t)`` acting on the flat
-    positions ``coords[t]``; factorised in the sample space (Woodbury)."""
+    positions ``coords[t]``; factorised in the sample space (Woodbury).
+
+    The factors are shared, not copied (weights scale the products); ``cache`` keeps the
+    unweighted kernel blocks for reuse by operators with other weights."""
 
     def __init__(
         self,
@@ -216,11 +368,14 @@ class KernelOperator(SymmetricOperator):
         factors: Sequence[Tensor],
         coords: Sequence[Tensor],
         weights: Sequence[float],
+        cache: KernelCache | None = None,
     ) -> None:
         self.penalty = penalty
-        keep = [t for t, w in enumerate(weights) if w != 0.0]
-        self.factors = [factors[t] * float(weights[t]) ** 0.5 for t in keep]
-        self.coords = [coords[t] for t in keep]
+        self.tasks = [t for t, w in enumerate(weights) if w != 0.0]
+        self.factors = [factors[t] for t in self.tasks]
+        self.scales = [float(weights[t]) ** 0.5 for t in self.tasks]
+        self.coords = [coords[t] for t in self.tasks]
+        self.cache = cache
         self.dim = penalty.numel()
         self.dtype = penalty.dtype
 
@@ -232,14 +387,15 @@ class KernelOperator(SymmetricOperator):
         """``G v``: ``(R, k)``."""
         if not self.factors:
             return torch.zeros(0, v.shape[1], dtype=v.dtype)
-        return torch.cat([g @ v[c] for g, c in zip(self.factors, self.coords, strict=True)])
+        parts = zip(self.factors, self.coords, self.scales, strict=True)
+        return torch.cat([s * (g @ v[c]) for g, c, s in parts])
 
     def _apply_t(self, z: Tensor) -> Tensor:
         """``G^T z``: ``(p, k)``."""
         out = torch.zeros(self.dim, z.shape[1], dtype=z.dtype)
         start = 0
-        for g, c in zip(self.factors, self.coords, strict=True):
-            out.index_add_(0, c, g.T @ z[start : start + g.shape[0]])
+        for g, c, s in zip(self.factors, self.coords, self.scales, strict=True):
+            out.index_add_(0, c, g.T @ (s * z[start : start + g.shape[0]]))
             start += g.shape[0]
         return out
 
@@ -247,32 +403,58 @@ class KernelOperator(SymmetricOperator):
         return self.penalty[:, None] * v + self._apply_t(self._apply(v))
 
     def extreme_eigenvalues(self, seed: int = 0) -> tuple[float, float]:
+        """Exact up to 2048 parameters; else :data:`LANCZOS_STEPS` Lanczos steps (each
+        reads the factors twice), sharpened by the interlacing bounds of a rank-``R``
+        positive semidefinite update of the diagonal ``P``: ``lambda_min <= P_(R+1)`` (the
+        ``R+1``-th smallest entry; exact when it equals the smallest, as with many
+        equally penalised biases) and ``lambda_max >= max P``."""
         if self.dim <= 2048:
             ev = torch.linalg.eigvalsh(self.dense())
             return float(ev[0]), float(ev[-1])
-        return lanczos_extremes(self, seed=seed)
+        lo, hi = lanczos_extremes(self, iters=LANCZOS_STEPS, seed=seed)
+        diag = torch.sort(self.penalty).values
+        lo = min(lo, float(diag[min(self.rows, self.dim - 1)]))
+        return lo, max(hi, float(diag[-1]))
+
+    def _cross(self, t: int, s: int, scaled: Tensor) -> Tensor:
+        """``G_t D^-1 G_s^T`` ``(R_t, R_s)`` (unweighted) from ``scaled = G_s D^-1``, over
+        the coordinates the two tasks share (column views where they are a contiguous
+        range, as the shared parameters of hard sharing are)."""
+        gt, ct, cs = self.factors[t], self.coords[t], self.coords[s]
+        if ct.numel() == cs.numel() and torch.equal(ct, cs):
+            return gt @ scaled.T
+        where = torch.full((self.dim,), -1, dtype=torch.long)
+        where[cs] = torch.arange(cs.numel())
+        pos = where[ct]
+        mine = torch.nonzero(pos >= 0).flatten()
+        if not mine.numel():
+            return torch.zeros(gt.shape[0], scaled.shape[0], dtype=self.dtype)
+        return _columns(gt, mine) @ _columns(scaled, pos[mine]).T
 
     def kernel(self, inverse_diagonal: Tensor) -> Tensor:
         """``I_R + G diag(inverse_diagonal) G^T``, ``(R, R)``, block by block over the
-        coordinates each pair of tasks shares."""
+        coordinates each pair of tasks shares (blocks come from :attr:`cache` when it holds
+        them for this inverse diagonal)."""
+        blocks = {} if self.cache is None else self.cache.for_inverse(inverse_diagonal)
         sizes = [g.shape[0] for g in self.factors]
         starts = [sum(sizes[:t]) for t in range(len(sizes))]
-        k = torch.eye(sum(sizes), dtype=self.dtype)
+        k = torch.empty(sum(sizes), sum(sizes), dtype=self.dtype)
         for s, (gs, cs) in enumerate(zip(self.factors, self.coords, strict=True)):
-            where = torch.full((self.dim,), -1, dtype=torch.long)
-            where[cs] = torch.arange(cs.numel())
+            missing = [t for t in range(s + 1) if (self.tasks[t], self.tasks[s]) not in blocks]
+            if missing:
+                scaled = gs * inverse_diagonal[cs]  # one copy of one task's factor
+                for t in missing:
+                    blocks[(self.tasks[t], self.tasks[s])] = self._cross(t, s, scaled)
+                del scaled
+            rs = slice(starts[s], starts[s] + sizes[s])
             for t in range(s + 1):
-                gt, ct = self.factors[t], self.coords[t]
-                pos = where[ct]
-                mine = pos >= 0
-                if not bool(mine.any()):
-                    continue
-                block = (gt[:, mine] * inverse_diagonal[ct[mine]]) @ gs[:, pos[mine]].T
                 rt = slice(starts[t], starts[t] + sizes[t])
-                rs = slice(starts[s], starts[s] + sizes[s])
-                k[rt, rs] += block
+                k[rt, rs] = blocks[(self.tasks[t], self.tasks[s])]
+                if self.scales[t] * self.scales[s] != 1.0:
+                    k[rt, rs] *= self.scales[t] * self.scales[s]
                 if t != s:
-                    k[rs, rt] += block.T
+                    k[rs, rt] = k[rt, rs].T
+        k.diagonal().add_(1.0)
         return k
 
     def factorize(self, damping: float) -> Factor:
@@ -284,7 +466,8 @@ class KernelOperator(SymmetricOperator):
         W^T C W`` with ``W = [G; E_U^T]``, ``C = diag(I_R, -c_U)``, solved through the
         ``(R + u)``-dimensional kernel ``C^-1 + W D^-1 W^T`` (LU; symmetric indefinite
         when ``u > 0``). By Haynsworth's inertia theorem ``H + damping`` is positive
-        definite iff that kernel has exactly ``u`` negative eigenvalues."""
+        definite iff that kernel has exactly ``u`` negative eigenvalues. Without such
+        coordinates (``u = 0``) the kernel is positive definite: Cholesky."""
         shifted = self.penalty + damping
         free = torch.nonzero(shifted <= 0).flatten()
         u = free.numel()
@@ -298,6 +481,16 @@ class KernelOperator(SymmetricOperator):
         inv = 1.0 / diag
         cut = rho - shifted[free]  # removed again by the E_U rows, (u,)
         r = self.rows
+        if u == 0:  # D > 0: the kernel and H + damping are positive definite
+            chol, info = torch.linalg.cholesky_ex(self.kernel(inv))
+            if int(info) == 0:
+
+                def solve_pd(rhs: Tensor) -> Tensor:
+                    y = inv[:, None] * rhs
+                    z = torch.cholesky_solve(self._apply(y), chol)
+                    return y - inv[:, None] * self._apply_t(z)
+
+                return Factor(solve_pd, True)
         k = torch.zeros(r + u, r + u, dtype=self.dtype)
         k[:r, :r] = self.kernel(inv)
         k[:r, r:] = g_free / rho
@@ -330,10 +523,19 @@ class WoodburySolver(ExplicitSolver):
     ) -> tuple[Tensor, SolveReport]:
         if not isinstance(op, KernelOperator):
             raise ConfigError(
-                "solver='woodbury' needs the sample-space operator of a model linear in its "
-                "parameters (use it through MTIF)"
+                f"solver={self.name!r} needs the sample-space operator of the model (use it "
+                "through MTIF)"
             )
         return super()._solve(op, rhs, damping, lo, hi)
 
 
+class WoodburyGNSolver(WoodburySolver):
+    """The same solve with the Gauss-Newton matrix ``P + G^T G`` of a network (see module
+    docstring): exact for a model linear in its parameters, an approximation of the
+    Hessian otherwise (positive definite when the penalty is)."""
+
+    name = "woodbury-gn"
+
+
 SOLVERS["woodbury"] = WoodburySolver
+SOLVERS["woodbury-gn"] = WoodburyGNSolver
