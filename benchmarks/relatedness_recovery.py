@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from taskrel.compare import Comparison, durations
 from taskrel.data import load
 from taskrel.errors import TaskrelError
+from taskrel.pipelines.compare import Comparison, durations
 from taskrel.relatedness import RelateContext, relate
 from taskrel.relatedness.result import Relatedness
 from taskrel.training.trainer import TrainConfig

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from _harness import EXACT, cached, markdown, mean_std, parser, pm, progress, setup, write_out
 
+from taskrel.pipelines.selection import OPTIMISTIC, SETTINGS, select_data
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import load_data
-from taskrel.selection import OPTIMISTIC, SETTINGS, select_data
 from taskrel.training.trainer import TrainConfig
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}

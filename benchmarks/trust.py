@@ -45,11 +45,11 @@ from typing import Any
 
 from _harness import cached, markdown, parser, setup, write_out
 
-from taskrel.compare import GROUND_TRUTHS, relate_repeats
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import TaskrelError
 from taskrel.execution import LocalExecutor
+from taskrel.pipelines.compare import GROUND_TRUTHS, relate_repeats
 from taskrel.relatedness import METHODS, RelateContext, agreement
 from taskrel.relatedness.reliability import trust_summary
 from taskrel.relatedness.resample import plan_repeats
@@ -70,7 +70,7 @@ DATASETS: dict[str, tuple[str, dict[str, Any], bool, dict[str, Any]]] = {
     "synthetic": ("synthetic", {}, True, {}),
     "synthetic-regression": ("synthetic-regression", {}, True, {}),
     # z-scored per task by the loader
-    "office-caltech": ("office-caltech", {"train": 0.2, "val": 0.1}, False, {}),
+    "office-caltech": ("office-caltech", {"train": 0.2, "val": 0.1}, False, {"solver": "cg"}),
     # pooled standardisation by the loader (per-patient scaling would erase age and sex)
     "parkinsons-15": ("parkinsons", {"train": 0.3, "val": 0.1}, False, {}),
     "school-20": ("school", {"n_tasks": 20, "train": 0.3, "val": 0.1}, True, {}),

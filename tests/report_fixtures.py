@@ -1,4 +1,4 @@
-"""A hand-made :class:`~taskrel.compare.Comparison` for the report tests: four tasks,
+"""A hand-made :class:`~taskrel.pipelines.compare.Comparison` for the report tests: four tasks,
 a ground truth whose diagonal is 100 times its off-diagonal, a method with a caveat and
 a missing entry, the known structure, metrics with a missing value, and the trust figures
 of 6 repeats computed by :func:`taskrel.relatedness.reliability.trust_summary`."""
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from taskrel.compare import Comparison
+from taskrel.pipelines.compare import Comparison
 from taskrel.relatedness.reliability import trust_summary
 from taskrel.relatedness.result import Relatedness
 

@@ -111,7 +111,7 @@ def test_train_interrupted_outside_the_epoch_loop_exits_130(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("taskrel.experiment.evaluate", interrupted)  # after training
+    monkeypatch.setattr("taskrel.pipelines.experiment.evaluate", interrupted)  # after training
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip()
@@ -324,7 +324,7 @@ def test_a_raw_validation_error_still_prints_one_line(
     def invalid(*args: object, **kwargs: object) -> None:
         TrainConfig(lr=-1, epochs="many")
 
-    monkeypatch.setattr("taskrel.experiment.run_training", invalid)
+    monkeypatch.setattr("taskrel.pipelines.experiment.run_training", invalid)
     assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err == (

@@ -13,7 +13,7 @@ import pytest
 
 from taskrel.cli import main
 from taskrel.config import load_run_config
-from taskrel.experiment import load_taskset
+from taskrel.pipelines.experiment import load_taskset
 from taskrel.relatedness import RelateContext, Relatedness, relate
 
 SETTINGS = [

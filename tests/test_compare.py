@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from taskrel.cli import main
-from taskrel.compare import Comparison, compare
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError, NotApplicableError
+from taskrel.pipelines.compare import Comparison, compare
+from taskrel.pipelines.report import write_comparison
 from taskrel.relatedness import METHODS, RelateContext, agreement
 from taskrel.relatedness.result import Relatedness
-from taskrel.report import write_comparison
 from taskrel.training import TrainConfig
 
 EXACT = TrainConfig(optimizer="lbfgs", lr=1.0, epochs=2, patience=None, dtype="float64")
@@ -239,7 +239,7 @@ def test_ground_truth_choice_and_repeats_are_checked_before_anything_runs(
 def test_an_unknown_mtif_option_is_refused_before_any_method_runs(
     synthetic_reg: TaskSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import taskrel.compare as compare_module
+    import taskrel.pipelines.compare as compare_module
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a method ran before the options were checked")

@@ -14,7 +14,7 @@ from taskrel.cli import main
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError
 from taskrel.execution import ResultCache
-from taskrel.grouping import evaluate_grouping, group_score, propose_groups
+from taskrel.pipelines.grouping import evaluate_grouping, group_score, propose_groups
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
 from taskrel.training import TrainConfig, evaluate, fit

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from report_fixtures import CAVEAT, NAMES, UNITS_GT, UNITS_MTIF, hand_made
 
-from taskrel.compare import Comparison
+from taskrel.pipelines.compare import Comparison
+from taskrel.pipelines.report import format_value, render_report
 from taskrel.plots import (
     contrast_ratio,
     diverging_rgb,
@@ -24,7 +25,6 @@ from taskrel.plots import (
     text_colour,
 )
 from taskrel.relatedness.result import Relatedness
-from taskrel.report import format_value, render_report
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from report_fixtures import CAVEAT, UNITS_GT, hand_made
 
+from taskrel.pipelines.report import format_value, write_report
 from taskrel.plots import contrast_ratio
-from taskrel.report import format_value, write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import taskrel.selection as selection
+import taskrel.pipelines.selection as selection
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError, TaskrelError
-from taskrel.relatedness import RelateContext
-from taskrel.selection import (
+from taskrel.pipelines.selection import (
     OPTIMISTIC,
     harmful_examples,
     random_like,
     select_data,
     stl_config,
 )
+from taskrel.relatedness import RelateContext
 from taskrel.training.regularization import carve_validation
 from taskrel.training.trainer import TrainConfig
 

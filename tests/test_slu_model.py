@@ -227,7 +227,7 @@ def test_encode_sentence_maps_unknown_words() -> None:
 def test_predict_command_tags_a_sentence(atis_small: TaskSet, tmp_path, capsys) -> None:
     from taskrel.cli import main
     from taskrel.config import RunConfig
-    from taskrel.experiment import run_training
+    from taskrel.pipelines.experiment import run_training
 
     cfg = RunConfig.model_validate(
         {

@@ -176,7 +176,7 @@ def test_feedback_on_the_stack_base_trains(atis_small: TaskSet) -> None:
 def test_predict_command_with_a_saved_stack_model(tmp_path, capsys, name: str) -> None:
     from taskrel.cli import main
     from taskrel.config import RunConfig
-    from taskrel.experiment import load_model, run_training
+    from taskrel.pipelines.experiment import load_model, run_training
 
     model_cfg = (
         {"name": name, **TINY}

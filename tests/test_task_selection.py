@@ -15,10 +15,10 @@ from taskrel.cli import main
 from taskrel.data.taskset import Task, TaskSet
 from taskrel.decisions.predictors import GroupOutcomePredictor
 from taskrel.errors import ConfigError, DataError
+from taskrel.pipelines.selection import select_data
+from taskrel.pipelines.task_selection import backward_elimination, select_tasks
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import train_model
-from taskrel.selection import select_data
-from taskrel.task_selection import backward_elimination, select_tasks
 from taskrel.training.metrics import evaluate
 from taskrel.training.trainer import TrainConfig
 
@@ -145,7 +145,7 @@ def test_backward_elimination_on_a_hand_made_table() -> None:
 
 
 def test_bad_options_are_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    import taskrel.task_selection as module
+    import taskrel.pipelines.task_selection as module
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained before checking the options")

@@ -17,7 +17,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskrel.compare import compare
     from taskrel.data import DATASETS, load
     from taskrel.data.taskset import Task, TaskSet
     from taskrel.errors import (
@@ -32,10 +31,11 @@ if TYPE_CHECKING:
     from taskrel.models.feedback import FeedbackMTL
     from taskrel.models.sharing import HardSharing, SingleTask, SoftSharing
     from taskrel.models.vmtl import VMTL
+    from taskrel.pipelines.compare import compare
+    from taskrel.pipelines.selection import select_data
     from taskrel.relatedness import METHODS, RelateContext, agreement, relate
     from taskrel.relatedness.adapter import ModuleAdapter, mtif
     from taskrel.relatedness.result import Relatedness
-    from taskrel.selection import select_data
     from taskrel.training import TrainConfig, TrainResult, evaluate, fit, train
 
 __version__ = "0.1.0"
@@ -75,8 +75,8 @@ _LAZY = {
     "train": "taskrel.training",
     "VMTL": "taskrel.models.vmtl",
     "FeedbackMTL": "taskrel.models.feedback",
-    "select_data": "taskrel.selection",
-    "compare": "taskrel.compare",
+    "select_data": "taskrel.pipelines.selection",
+    "compare": "taskrel.pipelines.compare",
 }
 
 

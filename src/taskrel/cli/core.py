@@ -121,7 +121,7 @@ def demo(
     """Train single-task, hard- and soft-sharing models on a built-in dataset and
     compare them per task, then compare relatedness methods against retraining (HTML
     report in the run folder's compare/)."""
-    from taskrel.demo import run_demo
+    from taskrel.pipelines.demo import run_demo
     from taskrel.training.metrics import PRIMARY_METRIC
 
     start = time.perf_counter()
@@ -153,7 +153,7 @@ def train(
 ) -> None:
     """Train one model and write a run folder with metrics, history and the model."""
     from taskrel.config import load_run_config
-    from taskrel.experiment import RESULT_FILE, load_taskset, run_training
+    from taskrel.pipelines.experiment import RESULT_FILE, load_taskset, run_training
     from taskrel.runs import check_not_complete, check_run_dir
 
     overrides = list(set_ or [])

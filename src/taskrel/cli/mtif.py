@@ -130,7 +130,7 @@ def _matrix_ground_truth(
     ctx: RelateContext,
     run_dir: Path,
 ) -> dict[str, Any]:
-    from taskrel.compare import save_result
+    from taskrel.pipelines.compare import save_result
     from taskrel.relatedness import relate
 
     method = "ground-truth" if kind == "loto" else "pairwise"
@@ -292,14 +292,14 @@ def select(
     metrics with all tasks, random drops, single-task and dropping examples; writes
     task_selection.json."""
     from taskrel.errors import ConfigError
-    from taskrel.runs import write_json
-    from taskrel.selection import (
+    from taskrel.pipelines.selection import (
         OPTIMISTIC,
         SCORE_SPLITS,
         SETTINGS,
         check_max_fraction,
         select_data,
     )
+    from taskrel.runs import write_json
 
     if drop not in DROPS:
         raise ConfigError(f"--drop must be examples or tasks, got {drop!r}")
@@ -418,8 +418,8 @@ def _select_tasks(
 ) -> None:
     """``select --drop tasks``: choose, train, print the table, write
     ``task_selection.json`` (last: it marks the run complete)."""
+    from taskrel.pipelines.task_selection import select_tasks
     from taskrel.runs import write_json
-    from taskrel.task_selection import select_tasks
 
     try:
         result = select_tasks(

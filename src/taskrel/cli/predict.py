@@ -24,8 +24,8 @@ def predict(
     ],
 ) -> None:
     """Print the intent and the slot tag of every word of SENTENCE."""
-    from taskrel.experiment import load_model
     from taskrel.models.slu import tag_sentence
+    from taskrel.pipelines.experiment import load_model
 
     model, taskset, _ = load_model(run_dir)
     result = tag_sentence(model, taskset, sentence)

@@ -77,7 +77,7 @@ def prepare(
     from taskrel.config import load_run_config
     from taskrel.errors import RunDirError
     from taskrel.execution import make_executor
-    from taskrel.experiment import load_taskset
+    from taskrel.pipelines.experiment import load_taskset
     from taskrel.relatedness import RelateContext
     from taskrel.runs import check_not_complete, check_run_dir, read_run_record, record_run
 
@@ -177,8 +177,8 @@ def relate(
     """Compute one relatedness matrix: writes relatedness/METHOD.json (and .npz with
     instance scores), a heatmap PNG and timings into the run folder, and prints the
     matrix with the method's diagnostics and caveats."""
-    from taskrel.compare import check_methods, durations, save_result
     from taskrel.errors import ConfigError
+    from taskrel.pipelines.compare import check_methods, durations, save_result
     from taskrel.relatedness import relate as compute
     from taskrel.relatedness.diagnostics import to_markdown
     from taskrel.runs import write_json
@@ -251,10 +251,10 @@ def compare(
     """Compute several relatedness methods on the same tasks, score them against a
     ground truth by retraining (and the known structure of synthetic data), and write
     an HTML report."""
-    from taskrel.compare import GROUND_TRUTHS, check_methods
-    from taskrel.compare import compare as run
     from taskrel.errors import ConfigError
-    from taskrel.report import REPORT_FILE, write_comparison
+    from taskrel.pipelines.compare import GROUND_TRUTHS, check_methods
+    from taskrel.pipelines.compare import compare as run
+    from taskrel.pipelines.report import REPORT_FILE, write_comparison
 
     if ground_truth not in GROUND_TRUTHS:
         raise ConfigError(
@@ -303,8 +303,8 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="folder of a 'taskrel compare' run")],
 ) -> None:
     """Rebuild the HTML report of a comparison from its saved results."""
-    from taskrel.compare import Comparison
-    from taskrel.report import write_report
+    from taskrel.pipelines.compare import Comparison
+    from taskrel.pipelines.report import write_report
 
     say(f"report: {write_report(Comparison.load(run_dir), run_dir)}")
 
@@ -427,7 +427,7 @@ def matrix_grouping(
 ) -> dict[str, Any]:
     """``group`` from a relatedness matrix: print and return the proposal (and its
     evaluation by training)."""
-    from taskrel.grouping import SETTINGS, evaluate_grouping, propose_groups
+    from taskrel.pipelines.grouping import SETTINGS, evaluate_grouping, propose_groups
 
     proposal = propose_groups(rel, groups)
     doc: dict[str, Any] = {

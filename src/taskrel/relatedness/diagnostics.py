@@ -7,7 +7,7 @@ The readings are derived from the numbers themselves (with the tolerances of
 :mod:`taskrel.relatedness.mtif`), not from the notices given during the computation, so a
 saved result shows them too; ``meta['caveats']`` (the notices) are
 listed next to the table by the report and the ``relate`` command. Used by
-:mod:`taskrel.report` (HTML) and ``taskrel relate`` (markdown).
+:mod:`taskrel.pipelines.report` (HTML) and ``taskrel relate`` (markdown).
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def trust_summary(
     seed: int = 0,
     seed_only: float | None = None,
 ) -> dict[str, Any]:
-    """Everything :class:`taskrel.compare.Comparison.trust` holds (see its docstring):
+    """Everything :class:`taskrel.pipelines.compare.Comparison.trust` holds (see its docstring):
     the reliability and ceiling of the ground truth ``truth`` ``(R, T, T)`` called
     ``label``, and for each method's paired stack its agreement, CI, fraction of the
     ceiling and verdict, plus the ground truth's top helpful and harmful pairs."""

@@ -2,7 +2,7 @@
 
 A single retraining on a single split answers "what happened this time". To estimate
 "does task j help task i" and how sure we are, every ground truth (and, in
-:func:`taskrel.compare.compare`, every method) is computed on ``R`` *repeats*:
+:func:`taskrel.pipelines.compare.compare`, every method) is computed on ``R`` *repeats*:
 
 - repeat 0 keeps the task set's own split and the context's training seed ``s`` (so
   ``repeats=1`` is the plain, unresampled computation);

@@ -1,6 +1,6 @@
 """Task-level selection: drop whole *source tasks* predicted to hurt a target task, retrain,
 and compare with dropping nothing, dropping random tasks, training the target alone and
-dropping *examples* (MTIF data selection, :mod:`taskrel.selection`).
+dropping *examples* (MTIF data selection, :mod:`taskrel.pipelines.selection`).
 
 The choice is made on the **validation** split only, with a group-outcome predictor
 (:mod:`taskrel.decisions.predictors`) fitted on :func:`~taskrel.decisions.evaluate.selection_view`
@@ -26,8 +26,8 @@ pinned configuration and training seed (paired), reported as the target's test m
   is the median over the draws);
 - ``single-task``: the same model trained on the target alone (every source dropped);
 - ``examples``: every task kept, the training examples MTIF predicts to hurt the target
-  removed (scored on validation, as :func:`taskrel.selection.select_data` does with the same
-  ``threshold`` and ``max_fraction``); optional (``examples=False``).
+  removed (scored on validation, as :func:`taskrel.pipelines.selection.select_data` does
+  with the same ``threshold`` and ``max_fraction``); optional (``examples=False``).
 
 Task trainings go through :class:`~taskrel.decisions.evaluate.SubsetOutcomes` and example
 removals through :class:`~taskrel.relatedness.ground_truth.Retrainer`: both run on
@@ -50,16 +50,16 @@ from taskrel.decisions.evaluate import SubsetOutcomes, selection_view
 from taskrel.decisions.predictors import GroupOutcomePredictor, make_predictor
 from taskrel.errors import ConfigError
 from taskrel.notices import collect
-from taskrel.progress import progress
-from taskrel.relatedness import RelateContext
-from taskrel.relatedness.ground_truth import Retrainer
-from taskrel.selection import (
+from taskrel.pipelines.selection import (
     cached_scores,
     check_max_fraction,
     choose_fraction,
     harmful_examples,
     target_position,
 )
+from taskrel.progress import progress
+from taskrel.relatedness import RelateContext
+from taskrel.relatedness.ground_truth import Retrainer
 from taskrel.training.metrics import PRIMARY_METRIC
 from taskrel.training.regularization import VAL_FRACTION, ensure_validation
 
@@ -257,7 +257,7 @@ def select_tasks(
         n_random: random draws of the ``random`` setting.
         examples: also run the example-level setting (MTIF data selection).
         threshold, max_fraction: of the example-level setting (as in
-            :func:`taskrel.selection.select_data`; ``"auto"`` chooses the fraction per
+            :func:`taskrel.pipelines.selection.select_data`; ``"auto"`` chooses the fraction per
             target on validation by retraining).
         mtif_options: options of the MTIF instance scoring of ``examples``.
         seed: seed of the random draws and of a carved validation split.
@@ -395,8 +395,8 @@ def _example_setting(
 ) -> None:
     """Add the ``examples`` setting to ``choices``: score the training examples with MTIF
     on the validation split (once, cached), remove those predicted to hurt each target
-    (:func:`~taskrel.selection.harmful_examples`; ``"auto"``: the fraction chosen on
-    validation, :func:`~taskrel.selection.choose_fraction`) and retrain all tasks."""
+    (:func:`~taskrel.pipelines.selection.harmful_examples`; ``"auto"``: the fraction chosen on
+    validation, :func:`~taskrel.pipelines.selection.choose_fraction`) and retrain all tasks."""
     scored = cached_scores(
         ctx,
         {

@@ -33,9 +33,9 @@ from taskrel.decisions.search import (
 )
 from taskrel.errors import ConfigError
 from taskrel.execution import Job
+from taskrel.pipelines.selection import stl_config
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
-from taskrel.selection import stl_config
 from taskrel.training.metrics import PRIMARY_METRIC, evaluate
 from taskrel.training.trainer import TrainConfig, fit
 

@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a :class:`~taskrel.compare.Comparison`: how far the
+"""A self-contained HTML report of a :class:`~taskrel.pipelines.compare.Comparison`: how far the
 ground truth can be trusted (noise ceiling, each method's agreement with its confidence
 interval and verdict, the most helpful and harmful pairs), the agreement table, every
 matrix as a heatmap image (PNG embedded as base64) next to a table of its numbers, units
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from taskrel.compare import Comparison
+from taskrel.pipelines.compare import Comparison
 from taskrel.plots import (
     DIAGONAL_FACE,
     diverging_rgb,

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from taskrel.compare import compare
 from taskrel.config import DataConfig, RunConfig
-from taskrel.experiment import RunOutcome, load_taskset, run_training
+from taskrel.pipelines.compare import compare
+from taskrel.pipelines.experiment import RunOutcome, load_taskset, run_training
+from taskrel.pipelines.report import write_comparison
 from taskrel.plots import metric_bars
 from taskrel.relatedness import RelateContext
-from taskrel.report import write_comparison
 from taskrel.runs import record_run, write_json
 from taskrel.training.metrics import PRIMARY_METRIC
 from taskrel.training.trainer import TrainConfig
