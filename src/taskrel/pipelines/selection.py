@@ -227,9 +227,23 @@ def score_examples(
     }
 
 
-def cached_scores(ctx: RelateContext, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """:func:`score_examples`, cached under ``ctx.cache_dir/selection`` (so ``--resume``
-    reuses it); the key is that of the equivalent :class:`Job`."""
+def cached_scores(
+    ctx: RelateContext,
+    base: TaskSet,
+    score_split: ScoreSplit,
+    mtif_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`score_examples` of ``base`` with ``ctx``'s model and configs, cached under
+    ``ctx.cache_dir/selection`` (so ``--resume`` reuses it); the key is that of the
+    equivalent :class:`Job`."""
+    kwargs: dict[str, Any] = {
+        "taskset": base,
+        "model": ctx.model,
+        "model_config": dict(ctx.model_config),
+        "train_config": ctx.train_config,
+        "score_split": score_split,
+        "mtif_options": dict(mtif_options or {}),
+    }
     if ctx.cache_dir is None:
         return score_examples(**kwargs, show_progress=ctx.progress)
     store = ResultCache(Path(ctx.cache_dir) / "selection")
@@ -313,17 +327,7 @@ def select_data(
     pos = target_position(taskset, target)
     with collect() as caveats:
         base, validation = _scoring_split(taskset, score_split, val_fraction, seed)
-        scored = cached_scores(
-            ctx,
-            {
-                "taskset": base,
-                "model": ctx.model,
-                "model_config": dict(ctx.model_config),
-                "train_config": ctx.train_config,
-                "score_split": score_split,
-                "mtif_options": dict(mtif_options or {}),
-            },
-        )
+        scored = cached_scores(ctx, base, score_split, mtif_options)
         ids, all_scores = scored["ids"], scored["scores"]
         name = "average" if pos is None else taskset.names[pos]
         scores = all_scores.mean(axis=1) if pos is None else all_scores[:, pos]

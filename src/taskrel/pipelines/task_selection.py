@@ -397,17 +397,7 @@ def _example_setting(
     on the validation split (once, cached), remove those predicted to hurt each target
     (:func:`~taskrel.pipelines.selection.harmful_examples`; ``"auto"``: the fraction chosen on
     validation, :func:`~taskrel.pipelines.selection.choose_fraction`) and retrain all tasks."""
-    scored = cached_scores(
-        ctx,
-        {
-            "taskset": base,
-            "model": ctx.model,
-            "model_config": dict(ctx.model_config),
-            "train_config": ctx.train_config,
-            "score_split": "val",
-            "mtif_options": dict(mtif_options or {}),
-        },
-    )
+    scored = cached_scores(ctx, base, "val", mtif_options)
     ids, scores = scored["ids"], scored["scores"]
     removed = []
     for i in positions:
