@@ -64,15 +64,18 @@ from taskrel.training.trainer import TrainConfig
 
 VERSION = 3
 """Bumped when the figures of a dataset change meaning (finished datasets are cached)."""
+
+
+def synthetic(name: str, **options: Any) -> dict[str, Any]:
+    """A generated task set (``name``: ``synthetic`` or ``synthetic-regression``) with its
+    planted clusters, standardised per task."""
+    return {"spec": {"name": name, "options": options, "standardize": "task"}, "planted": True}
+
+
+SIX = {"clusters": 2, "cluster_size": 2, "n_per_task": 200, "train": 0.3, "val": 0.2}
+"""2 clusters of 2 related tasks, 1 unrelated, 1 adversarial."""
 DATASETS: dict[str, dict[str, Any]] = {
-    "synthetic": {
-        "spec": {
-            "name": "synthetic",
-            "options": {"n_per_task": 200, "train": 0.3, "val": 0.2},
-            "standardize": "task",
-        },
-        "planted": True,
-    },
+    "synthetic": synthetic("synthetic", n_per_task=200, train=0.3, val=0.2),
     "office-caltech": {
         "spec": {"name": "office-caltech", "options": {"train": 0.2, "val": 0.1}},
         "planted": False,
@@ -99,20 +102,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 SMALL: dict[str, dict[str, Any]] = {
-    "synthetic (6)": {
-        "spec": {
-            "name": "synthetic",
-            "options": {
-                "clusters": 2,
-                "cluster_size": 2,
-                "n_per_task": 200,
-                "train": 0.3,
-                "val": 0.2,
-            },
-            "standardize": "task",
-        },
-        "planted": True,
-    },
+    "synthetic (6)": synthetic("synthetic", **SIX),
     "landmine (6)": {**DATASETS["landmine"], "tasks": [0, 1, 2, 15, 16, 17]},
     "school (6)": {
         "spec": {
@@ -125,41 +115,22 @@ SMALL: dict[str, dict[str, Any]] = {
     "parkinsons (6)": {**DATASETS["parkinsons"], "tasks": [0, 1, 2, 3, 4, 5]},
     "office-caltech": DATASETS["office-caltech"],
     "rotated-digits": DATASETS["rotated-digits"],
-    "synthetic-regression (6)": {
-        "spec": {
-            "name": "synthetic-regression",
-            "options": {
-                "clusters": 2,
-                "cluster_size": 2,
-                "n_per_task": 200,
-                "train": 0.3,
-                "val": 0.2,
-            },
-            "standardize": "task",
-        },
-        "planted": True,
-    },
+    "synthetic-regression (6)": synthetic("synthetic-regression", **SIX),
 }
 """``--small``: 6 tasks or fewer per dataset (landmine: 3 fields of each terrain), so the
 oracle trains every subset and the random partitions reuse those trainings."""
 QUICK = {
-    "synthetic (4 tasks)": {
-        "spec": {
-            "name": "synthetic",
-            "options": {
-                "clusters": 2,
-                "cluster_size": 2,
-                "n_unrelated": 0,
-                "n_adversarial": 0,
-                "n_per_task": 80,
-                "n_features": 8,
-                "train": 0.3,
-                "val": 0.3,
-            },
-            "standardize": "task",
+    "synthetic (4 tasks)": synthetic(
+        "synthetic",
+        **{
+            **SIX,
+            "n_unrelated": 0,
+            "n_adversarial": 0,
+            "n_per_task": 80,
+            "n_features": 8,
+            "val": 0.3,
         },
-        "planted": True,
-    }
+    )
 }
 HINDSIGHT = "best on test (hindsight)"
 TABULAR = (

@@ -76,6 +76,29 @@ def fold_tasksets(taskset: TaskSet, folds: int, seed: int = 0) -> list[TaskSet]:
     return out
 
 
+def fold_weights(tasksets: Sequence[TaskSet]) -> np.ndarray:
+    """``(K, T)``: each task's validation rows in each fold over its total, so a weighted
+    sum over folds is the mean loss over every pooled row."""
+    sizes = np.array([[len(t.val_idx) for t in ts.tasks] for ts in tasksets], dtype=float)
+    return sizes / sizes.sum(axis=0, keepdims=True)
+
+
+def weighted_fold_cost(
+    fold_losses: Callable[[list[list[int]]], np.ndarray], weights: np.ndarray
+) -> FoldCost:
+    """Per-fold group costs ``(K, M)`` from per-fold losses ``(K, M, T)`` of subsets: the
+    summed loss of each group's tasks, weighted by ``weights`` ``(K, T)`` and scaled by K
+    (so the mean over folds of a column is the group's cross-validated cost)."""
+
+    def cost(groups: Sequence[Group]) -> np.ndarray:
+        table = fold_losses([list(g) for g in groups]) * weights[:, None, :]
+        return len(weights) * np.stack(
+            [np.nansum(table[:, m, list(g)], axis=1) for m, g in enumerate(groups)], axis=1
+        )
+
+    return cost
+
+
 class CrossFitted(GroupOutcomePredictor):
     """A registered predictor fitted once per fold (see module docstring).
 
@@ -104,8 +127,7 @@ class CrossFitted(GroupOutcomePredictor):
             make_predictor(self.predictor, **self.options).fit(validation_as_test(ts), ctx)
             for ts in tasksets
         ]
-        sizes = np.array([[len(t.val_idx) for t in ts.tasks] for ts in tasksets], dtype=float)
-        self.weights = sizes / sizes.sum(axis=0, keepdims=True)  # (K, T)
+        self.weights = fold_weights(tasksets)
         self.units = self.members[0].units  # type: ignore[misc]
         self.trainings = sum(m.trainings for m in self.members)
         self.meta.update(
@@ -122,18 +144,8 @@ class CrossFitted(GroupOutcomePredictor):
         return np.einsum("kmt,kt->mt", self.fold_losses(subsets), self.weights)
 
     def fold_cost(self) -> FoldCost:
-        """Per-fold group costs ``(K, M)``: the summed predicted loss of each group's tasks,
-        weighted as in the mean (so the mean over folds of a column is the group's cost)."""
-
-        def cost(groups: Sequence[Group]) -> np.ndarray:
-            table = self.fold_losses([list(g) for g in groups]) * self.weights[:, None, :]
-            k = len(self.members)
-            return np.stack(
-                [k * np.nansum(table[:, m, list(g)], axis=1) for m, g in enumerate(groups)],
-                axis=1,
-            )
-
-        return cost
+        """Per-fold group costs ``(K, M)`` of the predictions (:func:`weighted_fold_cost`)."""
+        return weighted_fold_cost(self.fold_losses, self.weights)
 
 
 def mean_cost(fold_cost: FoldCost) -> GroupCost:
@@ -202,12 +214,13 @@ def one_se_choice(
     path: list[dict[str, Any]] = []
     groups = [list(g) for g in found.groups]
     while True:
-        excess = _partition_folds(memo, fold_of, groups) - best_folds
+        per_fold = _partition_folds(memo, fold_of, groups)
+        excess = per_fold - best_folds
         se = float(excess.std(ddof=1) / math.sqrt(k))
         path.append(
             {
                 "groups": canonical(groups),
-                "mean_loss": float(_partition_folds(memo, fold_of, groups).mean()),
+                "mean_loss": float(per_fold.mean()),
                 "excess": float(excess.mean()),
                 "standard_error": se,
             }

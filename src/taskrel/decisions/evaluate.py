@@ -46,8 +46,10 @@ from taskrel.decisions.crossfit import (
     CrossFitted,
     FoldCost,
     fold_tasksets,
+    fold_weights,
     mean_cost,
     one_se_choice,
+    weighted_fold_cost,
 )
 from taskrel.decisions.predictors import GroupOutcomePredictor, make_predictor, partition_errors
 from taskrel.decisions.search import (
@@ -341,35 +343,27 @@ class Repeat:
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
+def _fold_losses(
+    fold_outcomes: Sequence[SubsetOutcomes], subsets: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """``(K, M, T)`` actual validation losses of ``subsets`` in each fold."""
+    return np.stack([o.losses(subsets, "val") for o in fold_outcomes])
+
+
 def folds_cost(fold_outcomes: Sequence[SubsetOutcomes]) -> FoldCost:
     """Per-fold actual validation costs ``(K, M)`` of groups, weighted like
     :meth:`CrossFitted.fold_cost` (the mean over folds is the cross-validated cost)."""
-    weights = _fold_weights(fold_outcomes)
-
-    def cost(groups: Sequence[Group]) -> np.ndarray:
-        k = len(fold_outcomes)
-        tables = np.stack([o.losses(groups, "val") for o in fold_outcomes]) * weights[:, None]
-        return k * np.stack(
-            [np.nansum(tables[:, m, list(g)], axis=1) for m, g in enumerate(groups)], 1
-        )
-
-    return cost
+    weights = fold_weights([o.taskset for o in fold_outcomes])
+    return weighted_fold_cost(lambda subsets: _fold_losses(fold_outcomes, subsets), weights)
 
 
 def cross_fitted_losses(
     fold_outcomes: Sequence[SubsetOutcomes], subsets: Sequence[Sequence[int]]
 ) -> np.ndarray:
     """``(M, T)`` actual validation losses of ``subsets`` averaged over folds (each task's
-    folds weighted by its validation rows), NaN outside each subset."""
-    tables = np.stack([o.losses(subsets, "val") for o in fold_outcomes])
-    return np.einsum("kmt,kt->mt", tables, _fold_weights(fold_outcomes))
-
-
-def _fold_weights(fold_outcomes: Sequence[SubsetOutcomes]) -> np.ndarray:
-    sizes = np.array(
-        [[len(t.val_idx) for t in o.taskset.tasks] for o in fold_outcomes], dtype=float
-    )
-    return sizes / sizes.sum(axis=0, keepdims=True)
+    folds weighted by its validation rows, :func:`fold_weights`), NaN outside each subset."""
+    weights = fold_weights([o.taskset for o in fold_outcomes])
+    return np.einsum("kmt,kt->mt", _fold_losses(fold_outcomes, subsets), weights)
 
 
 def _predictor_losses(p: GroupOutcomePredictor, subsets: Sequence[Sequence[int]]) -> np.ndarray:
