@@ -20,7 +20,8 @@ Headline per predictor: fraction of the oracle's gain over all-in-one (ratio of 
 summed over repeats, bootstrap 95% CI over repeats), gains over all-in-one / the median
 random partition / single-task (mean over repeats, paired t 95% CI), the predictor's wall
 time as a ratio to the oracle's training time, ARI with the planted clusters (synthetic:
-generating clusters; landmine: terrain), and the group LDS: per target, the Spearman
+generating clusters, judged as a target only on the ``clusters`` sets, whose tasks all
+belong to a cluster; landmine: terrain), and the group LDS: per target, the Spearman
 between predicted and actual validation loss over the subsets that contain it (all subsets
 up to 8 tasks, else ``--lds-subsets`` random ones), with the noise ceiling of the
 repeat-mean (split-half reliability across repeats, Spearman-Brown corrected).
@@ -34,7 +35,10 @@ min`` is the single-validation-split choice of earlier versions.
 Model: the library's default ``hard`` model (convex hard sharing ``x.(w + v_t)``:
 ``hidden=[]``, shared head) with its default training (Newton or L-BFGS to the optimum in
 float64) and its default regularisation (L2 shared / per task chosen once per repeat on
-the validation split of all tasks, then fixed for every subset).
+the validation split of all tasks, then fixed for every subset). ``--hidden 32`` makes it
+an MLP (default network training: Adam with early stopping), where every predictor is an
+approximation and training is stochastic: the note under its table gives each predictor's
+group LDS of repeat means against that comparison's noise ceiling.
 Test losses are mean per-task losses (cross-entropy in nats, or squared error), averaged
 over tasks. Times are wall seconds of one process on a shared machine: compare them as
 ratios within one run.
@@ -74,6 +78,13 @@ def synthetic(name: str, **options: Any) -> dict[str, Any]:
 
 SIX = {"clusters": 2, "cluster_size": 2, "n_per_task": 200, "train": 0.3, "val": 0.2}
 """2 clusters of 2 related tasks, 1 unrelated, 1 adversarial."""
+CLUSTERS = {**SIX, "clusters": 3, "n_unrelated": 0, "n_adversarial": 0}
+"""3 clusters of 2 related tasks and nothing else (no unrelated or adversarial tasks, which
+join any group at little cost, so that with them the planted labels are not a loss-optimal
+partition). The centres are independent, so all-in-one loses little."""
+OPPOSED = {**SIX, "clusters": 1, "cluster_size": 3, "n_unrelated": 0, "n_adversarial": 3}
+"""2 clusters of 3 tasks with opposite centres (a cluster and its 3 adversaries): all-in-one
+suffers negative transfer, so here the planted partition is what training rewards."""
 DATASETS: dict[str, dict[str, Any]] = {
     "synthetic": synthetic("synthetic", n_per_task=200, train=0.3, val=0.2),
     "office-caltech": {
@@ -116,6 +127,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "office-caltech": DATASETS["office-caltech"],
     "rotated-digits": DATASETS["rotated-digits"],
     "synthetic-regression (6)": synthetic("synthetic-regression", **SIX),
+    "synthetic (3 clusters)": synthetic("synthetic", **CLUSTERS),
+    "synthetic-regression (3 clusters)": synthetic("synthetic-regression", **CLUSTERS),
+    "synthetic (opposed clusters)": synthetic("synthetic", **OPPOSED),
+    "synthetic-regression (opposed clusters)": synthetic("synthetic-regression", **OPPOSED),
 }
 """``--small``: 6 tasks or fewer per dataset (landmine: 3 fields of each terrain), so the
 oracle trains every subset and the random partitions reuse those trainings."""
@@ -169,6 +184,7 @@ def run_dataset(
         planted = [planted[t] for t in entry["tasks"]] if planted is not None else None
     ctx = RelateContext(
         model="hard",
+        model_config={"hidden": args.hidden} if args.hidden else {},
         train_config=TrainConfig(),
         cache_dir=jobs,
         executor=LocalExecutor(args.workers),
@@ -188,7 +204,8 @@ def run_dataset(
         folds=args.folds,
         rule=args.rule,
     )
-    return figures(name, report, time.perf_counter() - start, args.folds, args.rule)
+    fig = figures(name, report, time.perf_counter() - start, args.folds, args.rule)
+    return {**fig, "hidden": args.hidden}
 
 
 def figures(
@@ -301,7 +318,8 @@ def table(fig: dict[str, Any]) -> str:
         "group LDS (val) [95% CI over targets]",
         "groups",
     ]
-    title = f"**{fig['dataset']}** ({fig['tasks']} tasks, {fig['repeats']} repeats)"
+    model = f"MLP hidden={fig['hidden']}" if fig.get("hidden") else "convex"
+    title = f"**{fig['dataset']}** ({fig['tasks']} tasks, {fig['repeats']} repeats, {model})"
     where = (
         f"{fig['folds']}-fold cross-validated" if fig.get("folds", 1) >= 2 else "validation-split"
     )
@@ -314,7 +332,20 @@ def table(fig: dict[str, Any]) -> str:
         for s in fig["summary"].values()
         if s.get("group_lds", {}).get("ceiling")
     ]
-    if reliability:
+    if reliability and fig.get("hidden"):
+        of_mean = [
+            f"{name} {s['group_lds']['of_mean']['mean']:.2f} "
+            f"({s['group_lds']['fraction_of_ceiling']:.2f} of it)"
+            for name, s in fig["summary"].items()
+            if s.get("group_lds", {}).get("of_mean")
+        ]
+        notes.append(
+            "training an MLP is stochastic, so a split's own LDS ceiling is below 1; group LDS "
+            "of the repeat-mean prediction vs the repeat-mean actual loss, against its noise "
+            f"ceiling {np.sqrt(reliability[0]):.2f} (split-half reliability "
+            f"{reliability[0]:.2f}, Spearman-Brown): " + ", ".join(of_mean)
+        )
+    elif reliability:
         notes.append(
             f"actual subset losses across splits: split-half reliability {reliability[0]:.2f} "
             "(Spearman-Brown); training is deterministic, so each split's own LDS ceiling is 1"
@@ -325,23 +356,27 @@ def table(fig: dict[str, Any]) -> str:
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets, checked on the figures (one line each)."""
+    """The issue's targets, checked on the figures (one line each). The known-cluster
+    target (one predictor with ARI >= 0.8 and >= 90% of the oracle gain) is judged on the
+    ``clusters`` sets, whose planted partition contains nothing but the clusters."""
     lines = []
     for name, fig in results.items():
         if not name.startswith("synthetic") or not fig["summary"]:
             continue
-        best = max(
-            fig["summary"].items(),
-            key=lambda kv: np.nan_to_num(
-                kv[1].get("fraction_of_oracle_gain", {}).get("value", np.nan), nan=-np.inf
-            ),
-        )
-        frac = best[1].get("fraction_of_oracle_gain", {}).get("value", np.nan)
-        ari = max(s.get("ari", {}).get("mean", np.nan) for s in fig["summary"].values())
-        ok = frac >= 0.9 and ari >= 0.8
+        both = [
+            p
+            for p, s in fig["summary"].items()
+            if s.get("fraction_of_oracle_gain", {}).get("value", -np.inf) >= 0.9
+            and s.get("ari", {}).get("mean", -np.inf) >= 0.8
+        ]
+        best_ari = max(s.get("ari", {}).get("mean", np.nan) for s in fig["summary"].values())
+        verdict = "met" if both else "NOT met"
+        if "clusters" not in name:
+            verdict += " (planted labels include unrelated/adversarial tasks: not the yardstick)"
         lines.append(
-            f"{name}: best fraction of the oracle gain {100 * frac:.0f}% ({best[0]}), best ARI "
-            f"{ari:.2f} -> target (>= 90%, ARI >= 0.8) {'met' if ok else 'NOT met'}"
+            f"{name}: predictors with ARI >= 0.8 and >= 90% of the oracle gain: "
+            f"{', '.join(both) or 'none'} (best ARI {best_ari:.2f}; oracle ARI "
+            f"{fig['oracle']['ari']:.2f}) -> known-cluster target {verdict}"
         )
     won = []
     for name in TABULAR:
@@ -377,6 +412,12 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3, help="cross-fitting folds (1: val split)")
     p.add_argument("--rule", choices=RULES, default="one-se", help="choice rule over folds")
     p.add_argument("--workers", type=int, default=1, help="training processes (1 thread each)")
+    p.add_argument(
+        "--hidden",
+        type=lambda text: [int(w) for w in text.split(",")],
+        default=[],
+        help="hidden widths of the hard-sharing model, e.g. 32 (default: none, convex)",
+    )
     p.add_argument("--md", type=Path, default=None, help="also write the tables to this file")
     args = p.parse_args()
     cache = setup(args, "grouping")  # one torch thread; finished datasets and trainings cached

@@ -7,7 +7,10 @@ first-order and task-removed Newton; instance level), then retrain for ground tr
   (i != j) and the diagonal (i == j) entries separately;
 - LOO for ``--loo`` sampled training examples: Pearson/Spearman of instance scores vs the
   actual change of every task's test loss (scores with ``fixed`` weights, the paper's
-  convention, and ``renormalized`` weights, which model what dropping an example does);
+  convention, and ``renormalized`` weights, which model what dropping an example does),
+  and of the leverage-corrected scores (``kind="leverage"``, renormalized: one Newton step
+  per removed example) against the same retrainings; ``loo_slope_*``: least-squares slope
+  of actual on predicted;
 - LDS over ``--subsets`` random 50% subsets (per task): per-task Spearman between the
   summed scores of the removed examples and the retrained test loss, averaged over tasks;
 - time ratio: T LOTO retrainings / MTIF task-level time (Hessian + solve + matrix), and
@@ -16,14 +19,16 @@ first-order and task-removed Newton; instance level), then retrain for ground tr
   process (scripted decompositions, ~0.5 s) is reported apart as ``mtif_first_call_s``.
 
 Convex model: hard sharing with ``hidden=[]``, ``shared_head=True``, L2 1e-2 (shared) and
-1e-1 (heads), L-BFGS to convergence in float64. MLP: hard sharing, one hidden layer,
-L-BFGS in float64 too (deterministic, so retraining differs only by the data); its
-retrainings start from the trained model (warm start: the nearby local optimum, which is
-what influence functions predict), and one case repeats it with cold-start retraining. Everything
-runs single-threaded in one process; other jobs on the machine make absolute times noisy,
-ratios less so. The regression MLP trains longer (5 L-BFGS epochs of 500 iterations) so that
-it reaches a stationary point; every case records ``relative_grad_norm`` (MTIF's
-``stationarity``) and whether ``H`` was positive definite.
+1e-1 (heads), L-BFGS to convergence in float64 (Newton steps for school and
+synthetic-regression, ``NEWTON``; office-caltech retrains warm-started). MLP: hard
+sharing, one hidden layer, L-BFGS in float64 too (deterministic, so retraining differs only
+by the data); its retrainings start from the trained model (warm start: the nearby local
+optimum, which is what influence functions predict), and one case repeats it with
+cold-start retraining. Everything runs single-threaded in one process; other jobs on the
+machine make absolute times noisy, ratios less so. The regression MLP trains longer (5
+L-BFGS epochs of 500 iterations) so that it reaches a stationary point; every case
+records ``relative_grad_norm`` (MTIF's ``stationarity``) and whether ``H`` was positive
+definite.
 
 Ensembles (``--part ensemble``, the synthetic classification MLP trained with the converged
 preset; issue 15, item 4), per data seed:
@@ -46,21 +51,32 @@ preset; issue 15, item 4), per data seed:
   every task's test loss compared with the first-order prediction ``eps R[i, j]``:
   ``epsilon_EPS_spearman`` over the off-diagonal (deterministic: no ceiling below 1).
 
+Office-Caltech task level (``--part office-caltech``, not part of ``all``; issue 15): at
+train fractions ``--splits`` (default 5/10/20%), the convex model with the library's
+default training, the first-order task matrix of ``MTIF(..., solver="auto")`` (as
+``relatedness(instance=False)``) against the T LOTO retrainings, each unit in a fresh
+process (:func:`scaling.measured`) so that its peak RSS is its own: ``speedup_task_level``
+(steady state) and ``_first_call`` (with the torch.func warm-up), ``mtif_peak_rss_gb``,
+``loto_peak_rss_gb``. ``--quick``: 5% and one L-BFGS epoch.
+
     python benchmarks/mtif_accuracy.py --quick --out quick.json
     python benchmarks/mtif_accuracy.py --out full.json
     python benchmarks/mtif_accuracy.py --part ensemble --seeds 2 --ks 1,5,10
+    python benchmarks/mtif_accuracy.py --part office-caltech --out office.json
 """
 
 from __future__ import annotations
 
 import math
+import resource
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from _harness import cached, machine_load, markdown, mean_std, parser, pm, setup, write_out
+from scaling import measured
 from torch import Tensor
 
 from taskrel.execution import ResultCache
@@ -95,6 +111,10 @@ LBFGS = {
 }
 CONVERGED = {**LBFGS, "epochs": 5, "lbfgs_max_iter": 500}
 """The regression MLP needs this to reach ||grad J|| <= 1e-3 of the task gradient scale."""
+NEWTON = {"optimizer": "newton", "lr": 1.0, "epochs": 20, "patience": None, "dtype": "float64"}
+"""Exact optimum of a small convex model (Newton steps stop at a relative gradient of 1e-9;
+one step for squared loss): L-BFGS's 300 iterations leave school at 6e-4, too coarse for
+leave-one-out differences."""
 CORRELATIONS: tuple[Correlation, ...] = ("spearman", "pearson")
 SYN = {"n_per_task": 200, "train": 0.3, "val": 0.0}
 
@@ -123,11 +143,22 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "synthetic-regression / convex": Case("synthetic-regression", SYN, CONVEX),
+    "synthetic-regression / convex": Case("synthetic-regression", SYN, CONVEX, train=NEWTON),
     "synthetic / convex": Case("synthetic", SYN, CONVEX),
-    "school (20) / convex": Case("school", {"n_tasks": 20, "train": 0.3}, CONVEX, "pooled"),
-    "office-caltech / convex": Case(
-        "office-caltech", {"train": 0.1}, CONVEX, "none", solver="cg", loo=12, subsets=20, seeds=1
+    "school (20) / convex": Case(
+        "school", {"n_tasks": 20, "train": 0.3}, CONVEX, "pooled", train=NEWTON
+    ),
+    "office-caltech / convex": Case(  # warm-started retraining: the same (unique) optimum,
+        # reached more precisely than by 300 cold L-BFGS iterations on 40,040 parameters
+        "office-caltech",
+        {"train": 0.1},
+        CONVEX,
+        "none",
+        solver="auto",
+        loo=12,
+        subsets=20,
+        seeds=1,
+        warm_start=True,
     ),
     "synthetic-regression / mlp": Case(
         "synthetic-regression", SYN, MLP, loo=12, subsets=20, warm_start=True, train=CONVERGED
@@ -165,6 +196,9 @@ def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, flo
         fixed, ids = engine.instance_scores("fixed")
         out["mtif_instance_s"] = time.perf_counter() - start
         renorm, _ = engine.instance_scores("renormalized")
+        start = time.perf_counter()
+        leverage, _ = engine.instance_scores("renormalized", kind="leverage")
+        out["mtif_leverage_s"] = time.perf_counter() - start
     out["hessian_positive_definite"] = float(
         not any("the Hessian is not positive definite" in c for c in caught)
     )
@@ -194,12 +228,12 @@ def run_case(case: Case, seed: int, n_loo: int, n_subsets: int) -> dict[str, flo
         actual = loo_effects(taskset, ctx, loo_ids, warm_start=warm).ravel()
         index = {tuple(i): n for n, i in enumerate(ids.tolist())}
         rows = [index[tuple(i)] for i in loo_ids.tolist()]
-        for name, scores in (("fixed", fixed), ("renormalized", renorm)):
+        for name, scores in (("fixed", fixed), ("renormalized", renorm), ("leverage", leverage)):
             for method in CORRELATIONS:
                 out[f"loo_{name}_{method}"] = correlate(scores[rows].ravel(), actual, method)
-        out["loo_slope_renormalized"] = float(
-            renorm[rows].ravel() @ actual / (renorm[rows].ravel() @ renorm[rows].ravel())
-        )
+        for name, scores in (("renormalized", renorm), ("leverage", leverage)):
+            predicted = scores[rows].ravel()
+            out[f"loo_slope_{name}"] = float(predicted @ actual / (predicted @ predicted))
         out["speedup_instance_level"] = (
             len(ids) * out["retrain_s_per_model"] / (out["mtif_task_s"] + out["mtif_instance_s"])
         )
@@ -226,6 +260,9 @@ COLUMNS = (
     ("LOO r (fixed)", "loo_fixed_pearson", 3),
     ("LOO r (renorm.)", "loo_renormalized_pearson", 3),
     ("LOO slope (renorm.)", "loo_slope_renormalized", 2),
+    ("LOO r (leverage)", "loo_leverage_pearson", 3),
+    ("LOO ρ (leverage)", "loo_leverage_spearman", 3),
+    ("LOO slope (leverage)", "loo_slope_leverage", 2),
     ("LDS", "lds_mean", 3),
     ("MTIF task s", "mtif_task_s", 3),
     ("retrain s/model", "retrain_s_per_model", 2),
@@ -247,6 +284,118 @@ def cell(stats: dict[str, dict[str, Any]], key: str, digits: int) -> str:
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     rows = [[case, *(cell(st, key, d) for _, key, d in COLUMNS)] for case, st in results.items()]
     return markdown(["case", *(c[0] for c in COLUMNS)], rows)
+
+
+# -- office-caltech: task-level time and memory, fresh processes -----------------------------
+OFFICE_SPLITS = (0.05, 0.1, 0.2)
+
+
+def office_spec(train: float, seed: int) -> dict[str, Any]:
+    """Office-Caltech with ``train`` of each domain for training (SURF z-scores)."""
+    return {
+        "name": "office-caltech",
+        "options": {"train": train, "seed": seed},
+        "standardize": "none",
+    }
+
+
+def office_mtif(train: float, seed: int, preset: dict[str, Any]) -> dict[str, Any]:
+    """Train the convex model (``preset``: {} = the library's default training), then the
+    first-order task matrix with ``solver="auto"`` as a user gets it
+    (``MTIF.relatedness(instance=False)``: solve, matrix, stationarity, diagnostics)
+    twice: the first call includes the process's one-off torch.func warm-up."""
+    taskset = load_data(office_spec(train, seed))
+    cfg = TrainConfig(**{**preset, "seed": seed})
+    start = time.perf_counter()
+    model = train_model(taskset, "hard", CONVEX, cfg)
+    out: dict[str, Any] = {
+        "train_s": time.perf_counter() - start,
+        "peak_rss_after_training_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        * 1024
+        / 1e9,
+        "tasks": len(taskset),
+        "train_examples": len(taskset.train_ids()),
+    }
+    for key in ("mtif_first_call_s", "mtif_s"):
+        start = time.perf_counter()
+        engine = MTIF(model, taskset, solver="auto")
+        result = engine.relatedness(instance=False)
+        out[key] = time.perf_counter() - start
+    out["mtif_timings_s"] = result.meta["timings_s"]
+    out["solver"] = engine.plan.solver
+    out["sample_rows"] = engine.plan.sample_rows
+    out["n_params"] = engine.fns.space.numel
+    out["relative_grad_norm"] = engine.stationarity["relative"]
+    return out
+
+
+def office_loto_one(train: float, seed: int, preset: dict[str, Any], task: int) -> dict[str, Any]:
+    """One leave-one-task-out retraining (without ``task``) of the same model."""
+    taskset = load_data(office_spec(train, seed))
+    start = time.perf_counter()
+    train_model(taskset, "hard", CONVEX, TrainConfig(**{**preset, "seed": seed}), [task])
+    return {"retrain_s": time.perf_counter() - start}
+
+
+def run_office(
+    splits: list[float], seed: int, preset: dict[str, Any], cache: ResultCache | None
+) -> dict[str, dict[str, Any]]:
+    """Per training fraction: MTIF (auto solver) and the T LOTO retrainings, each unit in
+    a fresh process (its own peak RSS), cached. The ``+1`` training of LOTO is the full
+    model that MTIF's unit trains too; the ratio compares the T retrainings with MTIF."""
+    out: dict[str, dict[str, Any]] = {}
+    for train in splits:
+        key = ("office", train, seed, preset)
+        mtif = cached(  # "layers": units timed since the layer-factored linear Woodbury path
+            cache, (*key, "mtif", "layers"), lambda t=train: measured(office_mtif, t, seed, preset)
+        )
+        loto = [
+            cached(
+                cache,
+                (*key, "loto", j),
+                lambda t=train, j=j: measured(office_loto_one, t, seed, preset, j),
+            )
+            for j in range(mtif["tasks"])
+        ]
+        loto_s = sum(r["retrain_s"] for r in loto)
+        out[f"{train:g}"] = {
+            **{k: v for k, v in mtif.items() if k not in ("seconds", "peak_rss_gb")},
+            "mtif_peak_rss_gb": mtif["peak_rss_gb"],
+            "loto_s": loto_s,
+            "retrain_s_per_model": (loto_s + mtif["train_s"]) / (len(loto) + 1),
+            "loto_peak_rss_gb": max(r["peak_rss_gb"] for r in loto),
+            "speedup_task_level": loto_s / mtif["mtif_s"],
+            "speedup_task_level_first_call": loto_s / mtif["mtif_first_call_s"],
+        }
+        print(f"office-caltech {train:g}: done", flush=True)
+    return out
+
+
+def office_table(rows: dict[str, dict[str, Any]]) -> str:
+    head = [
+        "train", "params", "rows R", "solver", "‖∇J‖ rel.", "train s", "T LOTO s", "MTIF s",
+        "MTIF s (1st call)", "speed-up", "speed-up (1st call)", "peak RSS MTIF GB",
+        "peak RSS LOTO GB",
+    ]  # fmt: skip
+    body = [
+        [
+            split,
+            r["n_params"],
+            r["sample_rows"],
+            r["solver"],
+            f"{r['relative_grad_norm']:.1e}",
+            f"{r['train_s']:.1f}",
+            f"{r['loto_s']:.1f}",
+            f"{r['mtif_s']:.2f}",
+            f"{r['mtif_first_call_s']:.2f}",
+            f"{r['speedup_task_level']:.0f}",
+            f"{r['speedup_task_level_first_call']:.0f}",
+            f"{r['mtif_peak_rss_gb']:.2f}",
+            f"{r['loto_peak_rss_gb']:.2f}",
+        ]  # fmt: skip
+        for split, r in rows.items()
+    ]
+    return markdown(head, body)
 
 
 # -- ensembles on the MLP ------------------------------------------------------------------
@@ -434,7 +583,10 @@ def ensemble_tables(stats: dict[str, dict[str, Any]], ks: list[int], eps: list[f
 
 def main() -> None:
     p = parser(__doc__.split("\n")[0], default_seeds=2)
-    p.add_argument("--part", choices=("all", "accuracy", "ensemble"), default="all")
+    p.add_argument(
+        "--part", choices=("all", "accuracy", "ensemble", "office-caltech"), default="all"
+    )
+    p.add_argument("--splits", default="0.05,0.1,0.2", help="office-caltech train fractions")
     p.add_argument("--loo", type=int, default=20, help="LOO examples per case and seed")
     p.add_argument("--subsets", type=int, default=20, help="LDS subsets per case/seed")
     p.add_argument("--cases", default=None, help="comma-separated case names")
@@ -458,7 +610,15 @@ def main() -> None:
             n_loo = QUICK_LOO if args.quick else (case.loo or args.loo)
             n_sub = QUICK_SUBSETS if args.quick else (case.subsets or args.subsets)
             use = seeds[: case.seeds or len(seeds)]
-            results[name] = summarize([run_case(case, s, n_loo, n_sub) for s in use])
+            runs = [
+                cached(
+                    cache,
+                    ("accuracy", asdict(case), s, n_loo, n_sub),
+                    lambda c=case, s=s, n=n_loo, m=n_sub: run_case(c, s, n, m),
+                )
+                for s in use
+            ]
+            results[name] = summarize(runs)
             print(f"{name}: done ({time.perf_counter() - start:.0f} s)", flush=True)
         figures["results"] = results
         figures["cases"] = {
@@ -491,6 +651,12 @@ def main() -> None:
         }
         print(f"ensembles: done ({time.perf_counter() - start:.0f} s)", flush=True)
         print(ensemble_tables(stats, ks, eps))
+    if args.part == "office-caltech":
+        splits = [0.05] if args.quick else [float(f) for f in args.splits.split(",")]
+        preset = LBFGS if args.quick else {}  # quick: 1 L-BFGS epoch; full: the default
+        rows = run_office(splits, seeds[0], preset, cache)
+        figures["office_caltech"] = {"train": preset or "default", "seed": seeds[0], "splits": rows}
+        print(office_table(rows))
     figures["machine_load"] = machine_load()
     write_out(args, figures, start)
 

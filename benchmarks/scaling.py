@@ -17,9 +17,17 @@ of data, and what parallel backends give for retraining ground truth.
      on validation for all tasks); predicted vs retrained losses are compared too.
    - *network* (issue 15): the MTIF task matrix of an MLP with hidden=[1024, 1024]
      (1.09M parameters) on synthetic (8 tasks, 30 training rows each; the Gauss-Newton
-     sample-space solve ``woodbury-gn``, R = 240 rows) against one leave-one-task-out
-     retraining times T, with the library's default training of networks (Adam, early
-     stopping).
+     sample-space solve ``woodbury-gn``, R = 240 rows, its factor held per nn.Linear
+     layer; the task matrix itself from sample-space Gram blocks, no solve over the p
+     parameters) against one leave-one-task-out retraining times T, with the library's
+     default training of networks (Adam, early stopping). The process's first torch.func
+     calls (one-time imports of torch._dynamo and the forward-mode decompositions, ~1.8 s)
+     run before anything is timed and are reported apart. The same solve with the factor formed
+     from per-example Jacobians over all parameters (the path for models that are not
+     chains of nn.Linear layers) runs next, after the peak RSS is read: its time and how
+     far its matrix is from the layer path's.
+
+   ``--unit`` runs one of the two alone.
 
    ``--quick`` runs both on small stand-ins (a 4-task synthetic convex model whose
    sample space is small; an MLP with hidden=[128, 128]).
@@ -250,27 +258,59 @@ def subset_retrain(
 
 
 def network_mtif(spec: dict[str, Any], hidden: list[int], seed: int) -> dict[str, Any]:
-    """Train the MLP on all tasks, then its first-order MTIF task matrix."""
+    """Train the MLP on all tasks, then its first-order MTIF task matrix (``solver="auto"``:
+    the Gauss-Newton sample-space solve over nn.Linear layers); then, after reading the
+    peak RSS, the same solve from per-example Jacobians and the difference of the two
+    matrices (largest absolute difference over the largest absolute entry)."""
+    from taskrel.relatedness import woodbury
     from taskrel.relatedness.ground_truth import train_model
     from taskrel.relatedness.mtif import MTIF
 
     taskset = _load(spec, seed)
     config = {"hidden": hidden, "l2": NETWORK_L2}
+    import_s = torch_func_import()
     start = time.perf_counter()
     model = train_model(taskset, "hard", config, TrainConfig(seed=seed))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     engine = MTIF(model, taskset)
     result = engine.relatedness(instance=False)
+    mtif_s = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    start = time.perf_counter()
+    dense = MTIF(model, taskset, solver="woodbury-gn")
+    dense.sample_space = woodbury.SampleSpace(
+        dense.structure, gauss_newton=True, linear_layers=False
+    )
+    dense_matrix = dense.task_matrix()
+    dense_s = time.perf_counter() - start
+    diff = np.abs(dense_matrix - result.matrix).max() / np.abs(dense_matrix).max()
     return {
         "n_params": engine.fns.space.numel,
         "tasks": len(taskset),
         "train_s": train_s,
-        "mtif_s": time.perf_counter() - start,
+        "mtif_s": mtif_s,
+        "mtif_peak_rss_gb": rss,
         "mtif_timings_s": result.meta["timings_s"],
+        "task_matrix_path": result.meta["task_matrix_path"],
+        "torch_func_import_s": import_s,
         "solver_plan": result.meta["solver_plan"],
+        "solver_report": result.meta["solver"],
         "stationarity": result.meta["diagnostics"]["stationarity"],
+        "dense_jacobian_s": dense_s,
+        "dense_jacobian_max_rel_diff": float(diff),
     }
+
+
+def torch_func_import() -> float:
+    """Seconds of the process's first ``torch.func`` transforms (reverse and forward mode:
+    ``hessian`` of a 1-parameter function), run before anything is timed: they import
+    ``torch._dynamo`` (sympy and ~800 modules, ~1.5 s) and the forward-mode decompositions
+    (~0.25 s), one-time costs of the process like the other imports, which both sides'
+    timings leave out."""
+    start = time.perf_counter()
+    torch.func.hessian(lambda v: v.pow(3).sum())(torch.ones(1))
+    return time.perf_counter() - start
 
 
 def network_loto_one(spec: dict[str, Any], hidden: list[int], seed: int) -> dict[str, Any]:
@@ -284,8 +324,9 @@ def network_loto_one(spec: dict[str, Any], hidden: list[int], seed: int) -> dict
     return {"retrain_s": time.perf_counter() - start}
 
 
-def scale(quick: bool, seeds: int) -> dict[str, Any]:
-    """Both scale cases over ``seeds`` seeds (figures: see the module docstring)."""
+def scale(quick: bool, seeds: int, unit: str = "all") -> dict[str, Any]:
+    """The scale cases (``unit``: both, ``subsets`` or ``network``) over ``seeds`` seeds
+    (figures: see the module docstring)."""
     spec = SUBSET_DATA[quick]
     rows: dict[str, list[float]] = {}
 
@@ -294,6 +335,10 @@ def scale(quick: bool, seeds: int) -> dict[str, Any]:
 
     plans = {}
     for seed in range(seeds):
+        if unit in ("all", "network"):
+            plans["network"] = network_unit(quick, seed, add)
+        if unit == "network":
+            continue
         newton = measured(subset_newton, spec, SUBSET_CONFIG[quick], seed)
         retrain = measured(subset_retrain, spec, seed, newton["config"], newton["subsets"])
         predicted, exact = np.asarray(newton["losses"]), np.asarray(retrain["losses"])
@@ -311,20 +356,6 @@ def scale(quick: bool, seeds: int) -> dict[str, Any]:
         add("subsets_max_rel_err", np.max(np.abs(predicted[mask] / exact[mask] - 1)))
         plans["subsets"] = newton["solver_plan"]
         print(f"  subset Newton seed {seed} done", flush=True)
-        hidden = NETWORK_HIDDEN[quick]
-        net = measured(network_mtif, NETWORK_DATA, hidden, seed)
-        one = measured(network_loto_one, NETWORK_DATA, hidden, seed)
-        loto = one["retrain_s"] * net["tasks"]
-        add("network_params", net["n_params"])
-        add("network_train_s", net["train_s"])
-        add("network_mtif_s", net["mtif_s"])
-        add("network_loto_s", loto)
-        add("network_speedup", loto / net["mtif_s"])
-        add("network_mtif_rss_gb", net["peak_rss_gb"])
-        add("network_retrain_rss_gb", one["peak_rss_gb"])
-        add("network_stationarity_relative", net["stationarity"]["relative"])
-        plans["network"] = net["solver_plan"]
-        print(f"  network seed {seed} done", flush=True)
     return {
         "subset_data": spec,
         "network_data": NETWORK_DATA,
@@ -334,34 +365,81 @@ def scale(quick: bool, seeds: int) -> dict[str, Any]:
     }
 
 
+def network_unit(quick: bool, seed: int, add: Callable[[str, float], None]) -> dict[str, Any]:
+    """The network case for one seed (figures through ``add``); returns its solver plan."""
+    hidden = NETWORK_HIDDEN[quick]
+    net = measured(network_mtif, NETWORK_DATA, hidden, seed)
+    one = measured(network_loto_one, NETWORK_DATA, hidden, seed)
+    loto = one["retrain_s"] * net["tasks"]
+    add("network_params", net["n_params"])
+    add("network_train_s", net["train_s"])
+    add("network_mtif_s", net["mtif_s"])
+    add("network_loto_s", loto)
+    add("network_speedup", loto / net["mtif_s"])
+    add("network_mtif_rss_gb", net["mtif_peak_rss_gb"])
+    add("network_retrain_rss_gb", one["peak_rss_gb"])
+    add("network_stationarity_relative", net["stationarity"]["relative"])
+    add("network_dense_jacobian_s", net["dense_jacobian_s"])
+    add("network_dense_jacobian_max_rel_diff", net["dense_jacobian_max_rel_diff"])
+    add("network_torch_func_import_s", net["torch_func_import_s"])
+    for key, value in net["mtif_timings_s"].items():
+        add(f"network_mtif_{key}", value)
+    print(f"  network seed {seed} done", flush=True)
+    plan: dict[str, Any] = {**net["solver_plan"], "task_matrix_path": net["task_matrix_path"]}
+    return plan
+
+
 def scale_markdown(table: dict[str, Any]) -> str:
-    f = table["figures"]
-    sub, net = table["solver_plans"]["subsets"], table["solver_plans"]["network"]
+    f, plans = table["figures"], table["solver_plans"]
     lines = [
         "### Sample-space solves at scale",
         "",
         "| case | parameters | solver | method time (s) | reference time (s) | speedup | "
         "peak RSS method / reference (GB) |",
         "|---|---|---|---|---|---|---|",
-        f"| subset Newton, {table['subset_data']['name']}, all subsets | {sub['n_params']:,} | "
-        f"{sub['solver']} (R = {sub['sample_rows']:,}) | {pm(f['subsets_newton_s'], 1)} | "
-        f"{pm(f['subsets_retrain_s'], 1)} (retrain each) | {pm(f['subsets_speedup'], 1)} | "
-        f"{pm(f['subsets_newton_rss_gb'], 2)} / {pm(f['subsets_retrain_rss_gb'], 2)} |",
-        f"| MTIF task matrix, MLP {table['network_hidden']} | {net['n_params']:,} | "
-        f"{net['solver']} (R = {net['sample_rows']:,}) | {pm(f['network_mtif_s'], 1)} | "
-        f"{pm(f['network_loto_s'], 1)} (LOTO: one retraining × T) | "
-        f"{pm(f['network_speedup'], 1)} | "
-        f"{pm(f['network_mtif_rss_gb'], 2)} / {pm(f['network_retrain_rss_gb'], 2)} |",
-        "",
-        f"Subset Newton vs retraining: Spearman {pm(f['subsets_spearman'], 4)}, largest "
-        f"relative error {pm(f['subsets_max_rel_err'], 4)}; with the training of the full "
-        f"model (regularisation search, if any) {pm(f['subsets_newton_with_training_s'], 1)} s. "
-        f"Network: trained in {pm(f['network_train_s'], 1)} s, ‖∇J‖ at "
-        f"{pm(f['network_stationarity_relative'], 2)} of the per-example gradient scale "
-        "(Adam with early stopping is not at an optimum). Wall seconds, mean ± std over seeds; "
-        "peak RSS of the measuring process (including ~0.4 GB of imports).",
     ]
-    return "\n".join(lines)
+    notes = []
+    if "subsets" in plans:
+        sub = plans["subsets"]
+        lines.append(
+            f"| subset Newton, {table['subset_data']['name']}, all subsets | "
+            f"{sub['n_params']:,} | {sub['solver']} (R = {sub['sample_rows']:,}) | "
+            f"{pm(f['subsets_newton_s'], 1)} | {pm(f['subsets_retrain_s'], 1)} (retrain each) | "
+            f"{pm(f['subsets_speedup'], 1)} | {pm(f['subsets_newton_rss_gb'], 2)} / "
+            f"{pm(f['subsets_retrain_rss_gb'], 2)} |"
+        )
+        notes.append(
+            f"Subset Newton vs retraining: Spearman {pm(f['subsets_spearman'], 4)}, largest "
+            f"relative error {pm(f['subsets_max_rel_err'], 4)}; with the training of the full "
+            "model (regularisation search, if any) "
+            f"{pm(f['subsets_newton_with_training_s'], 1)} s."
+        )
+    if "network" in plans:
+        net = plans["network"]
+        lines.append(
+            f"| MTIF task matrix, MLP {table['network_hidden']} | {net['n_params']:,} | "
+            f"{net['solver']}, {net['gn_kernel']}, task matrix {net['task_matrix_path']} "
+            f"(R = {net['sample_rows']:,}) | "
+            f"{pm(f['network_mtif_s'], 1)} | {pm(f['network_loto_s'], 1)} (LOTO: one "
+            f"retraining × T) | {pm(f['network_speedup'], 1)} | "
+            f"{pm(f['network_mtif_rss_gb'], 2)} / {pm(f['network_retrain_rss_gb'], 2)} |"
+        )
+        notes.append(
+            f"Network: trained in {pm(f['network_train_s'], 1)} s, ‖∇J‖ at "
+            f"{pm(f['network_stationarity_relative'], 2)} of the per-example gradient scale "
+            "(Adam with early stopping is not at an optimum). The same solve from per-example "
+            f"Jacobians: {pm(f['network_dense_jacobian_s'], 1)} s, its matrix within "
+            f"{f['network_dense_jacobian_max_rel_diff']['mean']:.1e} (largest difference / "
+            "largest entry, mean over seeds) of the layer path's. The process's first "
+            f"torch.func calls (they import torch._dynamo and the forward-mode "
+            f"decompositions) took "
+            f"{pm(f['network_torch_func_import_s'], 1)} s, before anything was timed."
+        )
+    notes.append(
+        "Wall seconds, mean ± std over seeds; peak RSS of the measuring process (including "
+        "~0.4 GB of imports)."
+    )
+    return "\n".join([*lines, "", " ".join(notes)])
 
 
 def markdown(title: str, table: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -390,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("all", "grid", "scale"),
         default="all",
         help="grid: sections 1-3 (methods, backends); scale: section 4 (sample-space solves)",
+    )
+    parser.add_argument(
+        "--unit",
+        choices=("all", "subsets", "network"),
+        default="all",
+        help="with --part scale: both cases, or one of them alone",
     )
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
     parser.add_argument(
@@ -426,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in backends.items():
             speed = f"{row['speedup_vs_local_1']:.2f}" if "speedup_vs_local_1" in row else "–"
             print(f"| {name} | {pm(row, 1)} | {speed} |")
-    at_scale = scale(args.quick, 1 if args.quick else seeds) if args.part != "grid" else {}
+    at_scale = {}
+    if args.part != "grid":
+        at_scale = scale(args.quick, 1 if args.quick else seeds, args.unit)
     if at_scale:
         print()
         print(scale_markdown(at_scale))
@@ -437,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "mode": "quick" if args.quick else "full",
             "part": args.part,
+            "unit": args.unit,
             "seeds": seeds,
             "methods": {m: METHODS[m] for m in methods},
             "model": MODEL,

@@ -13,6 +13,7 @@ import pytest
 
 from taskrel.cli import main
 from taskrel.data.taskset import Task, TaskSet
+from taskrel.decisions.crossfit import fold_tasksets
 from taskrel.decisions.predictors import GroupOutcomePredictor
 from taskrel.errors import ConfigError, DataError
 from taskrel.pipelines.selection import select_data
@@ -95,6 +96,37 @@ def test_newton_prediction_of_the_chosen_subset_equals_retraining(chosen) -> Non
         assert choice.predicted_val[setting] == pytest.approx(choice.actual_val[setting], rel=1e-6)
 
 
+def test_cross_fitted_choice_is_the_row_weighted_mean_of_fold_retrainings() -> None:
+    """With 3 folds the predicted validation loss of all tasks is the mean over every
+    training + validation row of the target, fold by fold: retrain each fold by hand and
+    weight each fold by its validation rows."""
+    ts = _least_squares()
+    result = select_tasks(ts, _ctx(), target="target", n_random=1, examples=False, folds=3)
+    assert result.meta["folds"] == 3
+    folds = fold_tasksets(ts, 3, seed=0)
+    losses = [
+        evaluate(train_model(f, "hard", LINEAR, EXACT), f, "val")["target"]["loss"] for f in folds
+    ]
+    rows = [len(f.tasks[0].val_idx) for f in folds]
+    assert sum(rows) == len(ts.tasks[0].train_idx) + len(ts.tasks[0].val_idx)
+    by_hand = float(np.dot(losses, rows) / sum(rows))
+    choice = result.targets["target"]
+    assert choice.predicted_val["all"] == pytest.approx(by_hand, rel=1e-6)
+    assert choice.actual_val["all"] == pytest.approx(by_hand, rel=1e-6)
+    assert "adverse" in choice.dropped and "same" in choice.kept
+    assert "3 cross-fitted folds" in result.caption()
+
+
+def test_by_default_the_choice_is_made_on_the_validation_split(chosen) -> None:
+    ts, result = chosen
+    choice = result.targets["target"]
+    assert result.meta["folds"] == 1
+    on_val = evaluate(train_model(ts, "hard", LINEAR, EXACT), ts, "val")["target"]["loss"]
+    assert choice.predicted_val["all"] == pytest.approx(on_val, rel=1e-6)
+    assert choice.actual_val["all"] == pytest.approx(on_val, rel=1e-6)
+    assert "cross-fitted" not in result.caption()
+
+
 def _poison_test(ts: TaskSet, seed: int = 1) -> TaskSet:
     """Every test row's target replaced by loud noise."""
     rng = np.random.default_rng(seed)
@@ -160,6 +192,8 @@ def test_bad_options_are_refused_before_training(monkeypatch: pytest.MonkeyPatch
         select_tasks(ts, _ctx(), min_improvement=-1.0)
     with pytest.raises(ConfigError, match="n_random"):
         select_tasks(ts, _ctx(), n_random=0)
+    with pytest.raises(ConfigError, match="folds must be an integer >= 1"):
+        select_tasks(ts, _ctx(), folds=0)
 
 
 CLI = [
@@ -180,6 +214,8 @@ CLI = [
         (["--drop", "tasks", "--predictor", "nope"], "unknown group-outcome predictor 'nope'"),
         (["--drop", "tasks", "--target", "absent"], "no task 'absent'"),
         (["--predictor", "mtif-newton"], "--predictor needs --drop tasks"),
+        (["--folds", "2"], "--folds needs --drop tasks"),
+        (["--drop", "tasks", "--folds", "0"], "--folds >= 1"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(

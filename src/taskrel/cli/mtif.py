@@ -246,6 +246,13 @@ def select(
             "falls by more than this"
         ),
     ] = 0.0,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="with --drop tasks: 1 (default) chooses on the validation split; K >= 2 "
+            "cross-fits the predictor on K folds of the training + validation rows"
+        ),
+    ] = None,
     random: Annotated[
         int, typer.Option(help="with --drop tasks: random draws dropping as many tasks")
     ] = 5,
@@ -303,8 +310,9 @@ def select(
 
     if drop not in DROPS:
         raise ConfigError(f"--drop must be examples or tasks, got {drop!r}")
-    if predictor is not None and drop != "tasks":
-        raise ConfigError(f"--predictor needs --drop tasks (got --drop {drop})")
+    for name, value in (("--predictor", predictor), ("--folds", folds)):
+        if value is not None and drop != "tasks":
+            raise ConfigError(f"{name} needs --drop tasks (got --drop {drop})")
     if score_split not in SCORE_SPLITS:
         raise ConfigError(f"--score-split must be val or test, got {score_split!r}")
     if drop == "tasks" and score_split != "val":
@@ -323,10 +331,10 @@ def select(
         from taskrel.decisions.predictors import make_predictor
 
         make_predictor(predictor or "mtif-newton")  # an unknown name fails before any work
-        if min_improvement < 0 or random < 1:
+        if min_improvement < 0 or random < 1 or (folds is not None and folds < 1):
             raise ConfigError(
-                f"--min-improvement must be >= 0 and --random >= 1, got {min_improvement} "
-                f"and {random}"
+                f"--min-improvement must be >= 0, --random >= 1 and --folds >= 1, got "
+                f"{min_improvement}, {random} and {folds}"
             )
     run_dir, taskset, ctx = prepare(
         "select",
@@ -354,6 +362,7 @@ def select(
             fraction,
             method_options(option),
             val_fraction,
+            1 if folds is None else folds,
         )
         return
     try:
@@ -415,6 +424,7 @@ def _select_tasks(
     max_fraction: float | Literal["auto"],
     mtif_options: dict[str, Any],
     val_fraction: float,
+    folds: int,
 ) -> None:
     """``select --drop tasks``: choose, train, print the table, write
     ``task_selection.json`` (last: it marks the run complete)."""
@@ -434,6 +444,7 @@ def _select_tasks(
             mtif_options=mtif_options,
             seed=ctx.train_config.seed,
             val_fraction=val_fraction,
+            folds=folds,
         )
     finally:
         shutdown(ctx)

@@ -496,6 +496,9 @@ class CGSolver(Solver):
     with the resolved damping. The estimates cover the Krylov spaces of the
     right-hand sides only (a CG that converges in few steps sees little of the spectrum):
     ``spectrum="lanczos"`` runs the separate 60-step Lanczos from a random start instead.
+    A solve that diagnoses nothing with a numeric damping (``diagnose=False``: the
+    repeated solves of instance and per-test-example scores) computes no estimates at all
+    (its report carries NaN eigenvalues).
     """
 
     name = "cg"
@@ -520,7 +523,11 @@ class CGSolver(Solver):
         rhs: Tensor,
         diagnose: bool = True,
     ) -> tuple[Tensor, SolveReport]:
-        if self.spectrum == "lanczos" or not (diagnose or self.damping == "auto"):
+        if not (diagnose or self.damping == "auto"):  # nothing needs the spectrum
+            damping = check_damping(self.damping)
+            x, report = self._solve(op, rhs, damping, math.nan, math.nan, estimate=False)
+            return self._finish(op, rhs, x, report, diagnose)
+        if self.spectrum == "lanczos":
             return super().solve(op, rhs, diagnose)
         damping = 0.0 if self.damping == "auto" else check_damping(self.damping)
         x, report = self._solve(op, rhs, damping, math.nan, math.nan)
@@ -535,8 +542,18 @@ class CGSolver(Solver):
         return self._finish(op, rhs, x, report, diagnose)
 
     def _solve(
-        self, op: SymmetricOperator, rhs: Tensor, damping: float, lo: float, hi: float
+        self,
+        op: SymmetricOperator,
+        rhs: Tensor,
+        damping: float,
+        lo: float,
+        hi: float,
+        estimate: bool = True,
     ) -> tuple[Tensor, SolveReport]:
+        """CG with a resolved damping. With NaN ``lo`` and ``estimate`` the report's
+        eigenvalue estimates come from the Ritz values of every column (one small
+        tridiagonal eigenproblem per column); ``estimate=False`` (repeated solves that
+        diagnose nothing) leaves them NaN and skips that cost."""
         x = torch.zeros_like(rhs)
         r = rhs.clone()
         d = r.clone()
@@ -569,7 +586,7 @@ class CGSolver(Solver):
             alphas.append(alpha)
             betas.append(beta)
             steps.append(active)
-        if math.isnan(lo):
+        if math.isnan(lo) and estimate:
             lo, hi = _ritz_extremes(alphas, betas, steps)
             least = float(rayleigh.min())
             if math.isnan(lo):  # every column met negative curvature at once

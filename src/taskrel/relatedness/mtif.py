@@ -40,7 +40,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property, partial
 from typing import Any, Literal
 
@@ -55,7 +55,7 @@ from taskrel.errors import ConfigError, NotApplicableError
 from taskrel.models.base import MTLModel
 from taskrel.models.sharing import HardSharing, SoftSharing
 from taskrel.progress import progress
-from taskrel.relatedness import woodbury
+from taskrel.relatedness import small_path, woodbury
 from taskrel.relatedness.adapter import ModuleAdapter
 from taskrel.relatedness.influence import (
     AUTO_DAMPING_FLOOR,
@@ -79,6 +79,7 @@ from taskrel.relatedness.influence import (
     make_solver,
     memory_budget_gb,
     per_example_grads,
+    resolve_damping,
 )
 from taskrel.relatedness.result import Relatedness
 
@@ -337,7 +338,12 @@ class Structure(ABC):
         """Parameter names task ``task``'s loss depends on."""
 
     def local_coords(self, task: int) -> Tensor:
-        return self.fns.space.indices(self.local_names(task))
+        """``(p_local,)`` flat positions of task ``task``'s parameters, computed once per
+        task (a few milliseconds each for a million parameters; read-only)."""
+        cache: dict[int, Tensor] = self.__dict__.setdefault("_local_coords", {})
+        if task not in cache:
+            cache[task] = self.fns.space.indices(self.local_names(task))
+        return cache[task]
 
     @cached_property
     def local_hessians(self) -> list[tuple[Tensor, Tensor]]:
@@ -531,7 +537,11 @@ class SolverPlan:
 
     ``sample_rows`` is the sample-space dimension ``R = sum_t n_t C`` and ``woodbury_gb``
     its solve's memory when the Woodbury solver applies (else None, with the reason in
-    ``woodbury_not_applicable``)."""
+    ``woodbury_not_applicable``). ``gn_kernel`` says how ``woodbury`` or ``woodbury-gn``
+    forms its kernel (:func:`woodbury.gn_kernel_path`: per ``nn.Linear`` layer, or
+    per-example Jacobians and why); None for the other solvers. ``small_dense``: the
+    structured explicit solve of a small model takes ``H`` and the task gradients from one
+    autodiff call each (:mod:`~taskrel.relatedness.small_path`; set by :class:`MTIF`)."""
 
     requested: str
     solver: str
@@ -543,6 +553,8 @@ class SolverPlan:
     sample_rows: int | None = None
     woodbury_gb: float | None = None
     woodbury_not_applicable: str | None = None
+    gn_kernel: str | None = None
+    small_dense: bool = False
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -593,7 +605,7 @@ def plan_solver(
     rows = kernel = None
     if sample in woodbury.SAMPLE_SPACE and reason is None:
         rows = woodbury.sample_rows(structure)
-        kernel = woodbury.woodbury_bytes(structure, itemsize)
+        kernel = woodbury.woodbury_bytes(structure, itemsize, gauss_newton=gauss_newton)
     kernel_fits = kernel is not None and kernel <= budget * GB
     name = requested
     if name == "auto":
@@ -619,9 +631,10 @@ def plan_solver(
             budget,
             "use solver='auto' or 'cg', or raise memory_budget_gb",
         )
+        path = woodbury.gn_kernel_path(structure)
         return SolverPlan(
             requested, name, False, n_params, dense / GB, blocks / GB, budget,
-            rows, kernel / GB, None,
+            rows, kernel / GB, None, path,
         )  # fmt: skip
     use_blocks = (name == "explicit") if structured is None else structured
     if use_blocks or name == "explicit":
@@ -695,6 +708,12 @@ class MTIF:
         chosen = solver if isinstance(solver, Solver) else self.plan.solver
         self.solver = make_solver(chosen, damping, **options)
         self.structured = self.plan.structured
+        self.small = (  # small models: H and task gradients in one autodiff call each
+            small_path.SmallModel(self.fns)
+            if small_path.applies(self.fns, self.plan, self.solver)
+            else None
+        )
+        self.plan = replace(self.plan, small_dense=self.small is not None)
         self.sample_space = (
             woodbury.SampleSpace(self.structure, chunk_size, self.plan.solver == "woodbury-gn")
             if self.plan.solver in woodbury.SAMPLE_SPACE
@@ -704,6 +723,7 @@ class MTIF:
         self.timings: dict[str, float] = {}
         self.caveats: list[str] = []  # notices given by the solves (e.g. not PD)
         self.newton_diagnostics: dict[str, Any] | None = None
+        self.task_matrix_path: str | None = None  # set by task_matrix
 
     @property
     def n_tasks(self) -> int:
@@ -771,14 +791,18 @@ class MTIF:
         norm = float(self.objective_gradient.norm())
         fns = self.fns
         scale = 0.0
+        space = self.sample_space
         for t in range(self.n_tasks):
             coords = self.structure.local_coords(t)
             x, y = fns.train[t]
-            loss = fns.example_loss(t, coords)
-            sq = sum(
-                float(g.pow(2).sum())
-                for g in per_example_grads(loss, fns.theta[coords], x, y, self.chunk_size)
-            )
+            if space is not None and space.linear_layers:  # from the layer factors
+                sq = float(space.example_gradient_sq_norms(t).sum())
+            else:
+                loss = fns.example_loss(t, coords)
+                sq = sum(
+                    float(g.pow(2).sum())
+                    for g in per_example_grads(loss, fns.theta[coords], x, y, self.chunk_size)
+                )
             scale = max(scale, (sq / max(len(x), 1)) ** 0.5)
         relative = norm / max(scale, 1e-300)
         stationary = relative <= STATIONARY_RTOL
@@ -806,6 +830,8 @@ class MTIF:
 
     def _task_gradients(self, split: SplitName) -> Tensor:
         """``(p, T)``: column t is the gradient of task t's mean ``split`` loss."""
+        if self.small is not None:
+            return self.small.gradients(split)
         fns = self.fns
         out = torch.zeros(fns.space.numel, self.n_tasks, dtype=fns.theta.dtype)
         for t in range(self.n_tasks):
@@ -827,7 +853,7 @@ class MTIF:
     @cached_property
     def _solved(self) -> tuple[Tensor, SolveReport]:
         start = time.perf_counter()
-        op = self.operator()
+        op = self.small.operator() if self.small is not None else self.operator()
         self.timings["hessian_s"] = time.perf_counter() - start
         start = time.perf_counter()
         with notices.collect() as given:
@@ -843,10 +869,62 @@ class MTIF:
 
     @property
     def report(self) -> SolveReport:
+        """The solve's report: that of the solve over all parameters once it has run, else
+        that of the sample-space task matrix where it applies (:attr:`_sample_solve`)."""
+        if "_solved" not in self.__dict__ and self._sample_solve is not None:
+            return self._sample_solve[1]
         return self._solved[1]
 
+    @cached_property
+    def _sample_solve(self) -> tuple[np.ndarray, SolveReport] | None:
+        """The first-order task matrix and its solve report without any vector over the
+        ``p`` parameters: for ``woodbury-gn`` with the factor held per ``nn.Linear`` layer,
+        every task gradient is a sum of per-example rows ``J_n^T dl_n/df_n / n`` in the same
+        layer form as ``G`` (:meth:`woodbury.SampleSpace.gradient_factor`), and
+        ``grad L_i^T (H + damping)^-1 grad G_j`` comes from Gram blocks between test rows,
+        training rows and ``G``'s rows (:meth:`woodbury.LinearKernelOperator.grouped_inverse`).
+        Eigenvalue estimates, damping and report are those of the solver's own solve
+        (positive definite by the kernel's Cholesky factorisation; the residual measured in
+        the sample space). None (the solve over all parameters runs instead, with its
+        notices) for other solvers or models, a task without training or test rows, a
+        smallest eigenvalue estimate <= 0, or coordinates without curvature."""
+        space, fns = self.sample_space, self.fns
+        if (
+            space is None
+            or not space.linear_layers
+            or not isinstance(self.solver, woodbury.WoodburyGNSolver)
+            or any(not len(fns.train[t][0]) or not len(fns.test[t][0]) for t in range(self.n_tasks))
+        ):
+            return None
+        start = time.perf_counter()
+        op = self.operator()
+        assert isinstance(op, woodbury.LinearKernelOperator)
+        hessian_s = time.perf_counter() - start
+        start = time.perf_counter()
+        lo, hi = op.extreme_eigenvalues()
+        damping = resolve_damping(self.solver.damping, lo, hi)
+        if not lo > 0:
+            return None
+        n = [(len(fns.test[t][0]), len(fns.train[t][0])) for t in range(self.n_tasks)]
+        test = [space.gradient_factor(t, "test", 1.0 / n[t][0]) for t in range(self.n_tasks)]
+        train = [space.gradient_factor(t, "train", 1.0 / n[t][1]) for t in range(self.n_tasks)]
+        solved = op.grouped_inverse(test, train, damping)
+        if solved is None:
+            return None
+        matrix, residual = solved
+        report = SolveReport(self.solver.name, damping, lo, hi, True, rel_residual=residual)
+        self.timings.update(hessian_s=hessian_s, solve_s=time.perf_counter() - start)
+        return matrix.numpy(), report
+
     def task_matrix(self) -> np.ndarray:
-        """First-order LOTO effects ``R[i, j] = grad L_i^T H^-1 grad G_j``, ``(T, T)``."""
+        """First-order LOTO effects ``R[i, j] = grad L_i^T H^-1 grad G_j``, ``(T, T)``: from
+        the sample space alone where it applies and the solve over all parameters has not
+        run (:attr:`_sample_solve`), else from that solve; :attr:`task_matrix_path` says
+        which (``meta['task_matrix_path']``)."""
+        if "_solved" not in self.__dict__ and self._sample_solve is not None:
+            self.task_matrix_path = "sample-space"
+            return self._sample_solve[0].copy()
+        self.task_matrix_path = "parameter-space"
         return (self.inverse_test_gradients.T @ self.train_gradients).numpy()
 
     def _newton_solve(
@@ -1137,6 +1215,8 @@ class MTIF:
             raise ConfigError(f"task_level must be 'first-order' or 'newton', got {task_level!r}")
         kind = check_instance(instance)
         with notices.collect() as given:
+            if kind is not None:  # the instance scores need the solve over all parameters:
+                _ = self._solved  # the task matrix then comes from it too (and sums them)
             first = self.task_matrix()
             _ = self.stationarity
             want_newton = task_level == "newton" or bool(newton)
@@ -1157,6 +1237,7 @@ class MTIF:
             "n_params": self.fns.space.numel,
             "solver": self.report.to_meta(),
             "solver_plan": self.plan.to_meta(),
+            "task_matrix_path": self.task_matrix_path,
             "diagnostics": self.diagnostics(),
             "caveats": list(dict.fromkeys([*self.caveats, *given])),
             "timings_s": dict(self.timings),

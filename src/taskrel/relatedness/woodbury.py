@@ -33,6 +33,20 @@ definite whenever ``P`` is, equal to the Hessian at a perfect fit, and solved by
 code (per-example Jacobians from ``torch.func``, in chunks of bounded memory). For a model
 linear in its parameters it is the exact Hessian, so both solvers agree there.
 
+Networks of ``nn.Linear`` layers (hard sharing with hidden layers, per-task heads, a plain
+MLP through the adapter; a linear model too): both solves keep each ``G_t`` in factored form, per
+layer the inputs ``a_n`` of every example and the output sensitivities ``delta`` of every
+row (:mod:`~taskrel.relatedness.gn_kernel`), and form the kernel, ``G v`` and ``G^T z``
+from them (:class:`LinearKernelOperator`): ``O(R^2 (in + out))`` per layer instead of
+``O(R^2 in out)``, and no ``R x p`` matrix. The extreme eigenvalues then come from the
+sample space too (:meth:`LinearKernelOperator.extreme_eigenvalues`; Lanczos on those
+products above :data:`RITZ_MAX_ROWS` rows). With ``woodbury-gn`` MTIF's first-order task
+matrix does not leave the sample space either: the task gradients are sums of rows of the
+same layer form, and ``grad L_i^T H^-1 grad G_j`` comes from Gram blocks
+(:meth:`LinearKernelOperator.grouped_inverse`; ``meta['task_matrix_path']``). Models it
+cannot prove it handles use the per-example Jacobians; ``meta['solver_plan']['gn_kernel']``
+says which path ran (:func:`gn_kernel_path`).
+
 Not applicable (a reason is returned, :func:`not_applicable_reason`): for ``woodbury``,
 models not linear in their parameters; for both, a penalty Hessian that is not diagonal
 (soft-sharing coupling > 0) or many zeros (an L2 coefficient of 0 on a whole block), and
@@ -41,27 +55,29 @@ outputs with more than one dimension per example (sequence labelling).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.func import hessian, jacrev, vmap
+from torch.func import grad, hessian, jacrev, vmap
 
 from taskrel.errors import ConfigError
+from taskrel.relatedness import gn_kernel
 from taskrel.relatedness.influence import (
     SOLVERS,
     ExplicitSolver,
     Factor,
     SolveReport,
     SymmetricOperator,
-    hvp,
     lanczos_extremes,
 )
 
 if TYPE_CHECKING:
+    from taskrel.data.taskset import SplitName
     from taskrel.relatedness.mtif import MTLFunctions, Structure
 
 DIAGONAL_RTOL = 1e-12  # penalty Hessian counts as diagonal within this relative error
@@ -75,6 +91,13 @@ parameters): fewer examples per chunk for wide networks."""
 LANCZOS_STEPS = 20
 """Lanczos steps of the eigenvalue estimates of a large sample-space operator (a
 diagnostic: positive definiteness comes from the factorisation itself)."""
+EXACT_SPECTRUM_DIM = 2048
+"""Up to this many parameters the extreme eigenvalues of the factored Gauss-Newton operator
+are those of its dense matrix (:meth:`LinearKernelOperator.extreme_eigenvalues`)."""
+RITZ_MAX_ROWS = 1024
+"""Above this many sample-space rows the layer-factored operator estimates its extreme
+eigenvalues by Lanczos instead of an ``R x R`` eigenproblem
+(:meth:`LinearKernelOperator.extreme_eigenvalues`)."""
 SAMPLE_SPACE = ("woodbury", "woodbury-gn")
 """The sample-space solvers: exact for models linear in their parameters, Gauss-Newton."""
 
@@ -108,6 +131,16 @@ def curvature_roots(
         evals, evecs = torch.linalg.eigh(0.5 * (lam + lam.transpose(1, 2)))
         parts.append(evecs * evals.clamp(min=0.0).sqrt().unsqueeze(1))
     return torch.cat(parts)
+
+
+def train_roots(fns: MTLFunctions, task: int, chunk_size: int = 256) -> Tensor:
+    """:func:`curvature_roots` of task ``task``'s training examples, memoised per model
+    and point (planning and the sample space both need them)."""
+    x, y = fns.train[task]
+    roots: Tensor = _memo(
+        fns, f"train_roots_{task}", lambda: curvature_roots(fns, task, x, y, chunk_size)
+    )
+    return roots
 
 
 def jacobian_chunks(
@@ -163,8 +196,7 @@ def kept_directions(roots: Tensor) -> Tensor:
 def task_rows(fns: MTLFunctions, task: int, chunk_size: int = 256) -> int:
     """``R_t``: rows of task ``task`` in the sample space (``n_t C``, less the directions of
     zero curvature: ``n_t (C - 1)`` for a softmax). Forward passes only."""
-    x, y = fns.train[task]
-    return int(kept_directions(curvature_roots(fns, task, x, y, chunk_size)).sum())
+    return int(kept_directions(train_roots(fns, task, chunk_size)).sum())
 
 
 def sample_rows(structure: Structure) -> int:
@@ -180,12 +212,17 @@ def jacobian_chunk_size(width: int, numel: int, itemsize: int = 8, chunk_size: i
     return max(1, min(chunk_size, JACOBIAN_CHUNK_BYTES // max(width * numel * itemsize, 1)))
 
 
-def woodbury_bytes(structure: Structure, itemsize: int = 8, chunk_size: int = 256) -> int:
+def woodbury_bytes(
+    structure: Structure, itemsize: int = 8, chunk_size: int = 256, gauss_newton: bool = False
+) -> int:
     """Estimated peak bytes of the Woodbury solve: the factors (``R_t x p_local`` per task),
     the kernel, its cached blocks, its LU factor and a working copy (``4 R^2``), one scaled
     copy of the largest factor while the kernel is formed, one chunk of Jacobians (three
     copies of its gradients over all parameters) and the Lanczos basis of the eigenvalue
-    estimates."""
+    estimates. For the Gauss-Newton solve of a network of ``nn.Linear`` layers
+    (:func:`gn_kernel_path`): :func:`linear_bytes` instead."""
+    if gauss_newton and gn_kernel_path(structure) == LINEAR_PATH:
+        return linear_bytes(structure, itemsize, chunk_size)
     fns = structure.fns
     widths = [output_width(fns, t) for t in range(fns.n_tasks)]
     rows = [task_rows(fns, t, chunk_size) for t in range(fns.n_tasks)]
@@ -198,18 +235,96 @@ def woodbury_bytes(structure: Structure, itemsize: int = 8, chunk_size: int = 25
     return itemsize * (sum(sizes) + max(sizes) + 4 * sum(rows) ** 2 + chunk + lanczos)
 
 
+LINEAR_PATH = "linear-layers"
+""":func:`gn_kernel_path` of a network whose factor is held per ``nn.Linear`` layer."""
+
+
+_MEMO: weakref.WeakKeyDictionary[MTLFunctions, dict[str, tuple[Tensor, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _memo(fns: MTLFunctions, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered per ``fns`` while its ``theta`` is the same tensor
+    (planning, the sample space and the solver ask for the same facts several times)."""
+    slot = _MEMO.setdefault(fns, {})
+    hit = slot.get(key)
+    if hit is not None and hit[0] is fns.theta:
+        return hit[1]
+    value = compute()
+    slot[key] = (fns.theta, value)
+    return value
+
+
+def linear_reason(structure: Structure) -> str | None:
+    """:func:`gn_kernel.linear_reason`, memoised per model and point."""
+    return _memo(structure.fns, "linear_reason", lambda: gn_kernel.linear_reason(structure))
+
+
+def gn_kernel_path(structure: Structure) -> str:
+    """How the Gauss-Newton solve forms its kernel for ``structure``'s model:
+    :data:`LINEAR_PATH` (factored per ``nn.Linear`` layer), or ``"jacobians (<why the
+    factored form does not apply>)"`` (per-example Jacobians over all parameters)."""
+    reason = linear_reason(structure)
+    return LINEAR_PATH if reason is None else f"jacobians ({reason})"
+
+
+def linear_bytes(structure: Structure, itemsize: int = 8, chunk_size: int = 256) -> int:
+    """Estimated peak bytes of the factored Gauss-Newton solve: per task and layer the
+    inputs ``(n_t, in)`` and sensitivities ``(R_t, out)``; the kernel, its cached blocks,
+    its factor and a working copy plus the two Gram matrices of the eigenvalue estimates
+    (``7 R^2``); one chunk of captured activations and sensitivities (``C + 1`` copies);
+    two slices of explicit rows (a layer whose penalty varies within its weight); the
+    ``(p, T)`` blocks of the task-level solve (test and training gradients, solutions, a
+    working copy: ``4 p T``), which are now the largest part."""
+    fns = structure.fns
+    layers = gn_kernel.task_layers(structure)
+    rows = [task_rows(fns, t, chunk_size) for t in range(fns.n_tasks)]
+    held = chunk = 0
+    for t in range(fns.n_tasks):
+        n, width = len(fns.train[t][0]), output_width(fns, t)
+        held += sum(n * m.in_features + rows[t] * m.out_features for m in layers[t])
+        sizes = sum(m.in_features + m.out_features for m in layers[t])
+        chunk = max(chunk, min(n, chunk_size) * (width + 1) * sizes)
+    r, blocks = sum(rows), 4 * fns.space.numel * fns.n_tasks
+    return itemsize * (held + chunk + 7 * r * r + blocks) + 2 * gn_kernel.MATERIALISE_BYTES
+
+
 def penalty_diagonal(fns: MTLFunctions, seed: int = 0) -> Tensor | None:
     """The diagonal ``(p,)`` of the penalty's Hessian, or None when that Hessian is not
-    diagonal (checked on a random vector)."""
-    ones = torch.ones(fns.space.numel, 1, dtype=fns.theta.dtype)
-    diag = hvp(fns.penalty, fns.theta, ones)[:, 0]
+    diagonal (checked on a random vector); memoised per model and point."""
+    diag: Tensor | None = _memo(
+        fns, f"penalty_diagonal_{seed}", lambda: _penalty_diagonal(fns, seed)
+    )
+    return diag
+
+
+def _penalty_diagonal(fns: MTLFunctions, seed: int) -> Tensor | None:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(fns.space.numel, 1, generator=gen, dtype=fns.theta.dtype)
-    hv = hvp(fns.penalty, fns.theta, v)[:, 0]
+    diag, hv = _penalty_products(fns, [torch.ones_like(v[:, 0]), v[:, 0]])
     scale = float(diag.abs().max()) * float(v.abs().max()) if diag.numel() else 0.0
     if float((hv - diag * v[:, 0]).abs().max()) > DIAGONAL_RTOL * max(scale, 1e-300):
         return None
     return diag
+
+
+def _penalty_products(fns: MTLFunctions, vectors: Sequence[Tensor]) -> list[Tensor]:
+    """The penalty's Hessian times each of ``vectors`` ``(p,)``, by reverse over reverse
+    mode (plain autograd: no forward-mode machinery to load, a few milliseconds for an L2
+    penalty over a million parameters)."""
+    with torch.enable_grad():
+        theta = fns.theta.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fns.penalty(theta), theta, create_graph=True, allow_unused=True)
+        if g is None or not g.requires_grad:  # constant (or no) penalty: zero Hessian
+            return [torch.zeros_like(v) for v in vectors]
+        out = []
+        for i, v in enumerate(vectors):
+            (hv,) = torch.autograd.grad(
+                g, theta, v, retain_graph=i < len(vectors) - 1, allow_unused=True
+            )
+            out.append(torch.zeros_like(v) if hv is None else hv.detach())
+    return out
 
 
 def sample_space_solver(structure: Structure) -> str:
@@ -269,12 +384,21 @@ class SampleSpace:
             networks, see :func:`jacobian_chunk_size`).
         gauss_newton: accept a model that is not linear in its parameters (``G^T G`` is
             then the Gauss-Newton part of its data Hessian).
+        linear_layers: hold the factors per ``nn.Linear`` layer
+            (:class:`LinearKernelOperator`) instead of as ``R_t x p_local`` matrices;
+            None: whenever the model allows it (:func:`gn_kernel.linear_reason`), for
+            both solvers (a linear model's exact Hessian has the same factors).
 
     Raises:
-        ConfigError: the form does not apply (the reason is in the message)."""
+        ConfigError: the form does not apply (the reason is in the message), or
+            ``linear_layers=True`` for a model it does not apply to."""
 
     def __init__(
-        self, structure: Structure, chunk_size: int = 256, gauss_newton: bool = False
+        self,
+        structure: Structure,
+        chunk_size: int = 256,
+        gauss_newton: bool = False,
+        linear_layers: bool | None = None,
     ) -> None:
         reason = not_applicable_reason(structure, gauss_newton)
         if reason is not None:
@@ -285,6 +409,12 @@ class SampleSpace:
         self.chunk_size = chunk_size
         self.gauss_newton = gauss_newton
         self.cache = KernelCache()
+        self._gradient_factors: dict[tuple[int, str], gn_kernel.LinearFactor] = {}
+        wanted = True if linear_layers is None else linear_layers
+        why = linear_reason(structure) if wanted else None
+        if linear_layers and why is not None:
+            raise ConfigError(f"linear_layers=True does not apply: {why}")
+        self.linear_layers = wanted and why is None
 
     @cached_property
     def penalty_diagonal(self) -> Tensor:
@@ -301,11 +431,57 @@ class SampleSpace:
         by chunk, so the peak is the factors plus one chunk."""
         return [self._factor(t) for t in range(self.fns.n_tasks)]
 
+    @cached_property
+    def linear_factors(self) -> list[gn_kernel.LinearFactor]:
+        """Per task ``G_t`` held per ``nn.Linear`` layer (the rows of :attr:`factors`, same
+        order: example-major, the kept curvature directions of each example)."""
+        fns = self.fns
+        out = []
+        for t, layers in enumerate(gn_kernel.task_layers(self.structure)):
+            x, y = fns.train[t]
+            roots = train_roots(fns, t, self.chunk_size)  # (n, C, C)
+            keep = kept_directions(roots)
+            coef = (roots.transpose(1, 2) / max(len(x), 1) ** 0.5)[keep]  # (R_t, C)
+            example = torch.nonzero(keep)[:, 0]
+            out.append(
+                gn_kernel.LinearFactor.build(fns, t, layers, x, coef, example, self.chunk_size)
+            )
+        return out
+
+    def example_gradient_sq_norms(self, task: int) -> Tensor:
+        """``(n_t,)`` squared norms of the per-example loss gradients of task ``task`` over
+        its local parameters, from the layer factors (rows ``J_i^T dl_i/df``;
+        ``linear_layers`` only)."""
+        return self.gradient_factor(task).sq_norms()
+
+    def gradient_factor(
+        self, task: int, split: SplitName = "train", scale: float = 1.0
+    ) -> gn_kernel.LinearFactor:
+        """The per-example loss gradients of task ``task`` on ``split`` over its local
+        parameters, held per layer: row ``n`` is ``scale J_n^T dl_n/df_n`` (``(n_split, p)``;
+        ``scale = 1/n_split``: its rows sum to the gradient of the mean loss). One forward
+        and ``C`` backward passes per chunk, once per task and split (kept for the
+        stationarity scale and the task matrix); ``linear_layers`` only."""
+        key = (task, split)
+        if key not in self._gradient_factors:
+            fns = self.fns
+            x, y = (fns.train if split == "train" else fns.test)[task]
+            with torch.no_grad():
+                out = fns.outputs(fns.theta, task, x).reshape(len(x), -1)
+            coef = vmap(grad(_example_loss(fns, task)))(out, y)  # (n, C)
+            layers = gn_kernel.task_layers(self.structure)[task]
+            example = torch.arange(len(x))
+            self._gradient_factors[key] = gn_kernel.LinearFactor.build(
+                fns, task, layers, x, coef, example, self.chunk_size
+            )
+        factor = self._gradient_factors[key]
+        return factor if scale == 1.0 else gn_kernel.LinearFactor.stack([factor], [scale])
+
     def _factor(self, task: int) -> Tensor:
         fns = self.fns
         x, y = fns.train[task]
         coords = self.structure.local_coords(task)
-        roots = curvature_roots(fns, task, x, y, self.chunk_size)  # (n, C, C)
+        roots = train_roots(fns, task, self.chunk_size)  # (n, C, C)
         keep = kept_directions(roots)
         out = torch.empty(int(keep.sum()), coords.numel(), dtype=fns.theta.dtype)
         width = roots.shape[1]
@@ -344,6 +520,8 @@ class SampleSpace:
         if pin is not None and pin.numel():
             penalty = penalty.clone()
             penalty[pin] += pin_value
+        if self.linear_layers:
+            return LinearKernelOperator(penalty, self.linear_factors, coords, w, self.cache)
         return KernelOperator(penalty, self.factors, coords, w, self.cache)
 
 
@@ -353,6 +531,16 @@ def _columns(g: Tensor, idx: Tensor) -> Tensor:
     if n and int(idx[-1]) - int(idx[0]) + 1 == n and (n == 1 or bool((idx.diff() == 1).all())):
         return g[:, int(idx[0]) : int(idx[-1]) + 1]
     return g[:, idx]
+
+
+def _membership(factors: Sequence[gn_kernel.LinearFactor], dtype: torch.dtype) -> Tensor:
+    """``(sum n_rows, len(factors))``: 1 where a row of the stacked ``factors`` belongs to
+    that factor (summing rows per factor)."""
+    sizes = torch.tensor([f.n_rows for f in factors], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(factors)), sizes)
+    out = torch.zeros(int(sizes.sum()), len(factors), dtype=dtype)
+    out[torch.arange(owner.numel()), owner] = 1.0
+    return out
 
 
 class KernelOperator(SymmetricOperator):
@@ -365,7 +553,7 @@ class KernelOperator(SymmetricOperator):
     def __init__(
         self,
         penalty: Tensor,
-        factors: Sequence[Tensor],
+        factors: Sequence[Any],
         coords: Sequence[Tensor],
         weights: Sequence[float],
         cache: KernelCache | None = None,
@@ -381,7 +569,7 @@ class KernelOperator(SymmetricOperator):
 
     @property
     def rows(self) -> int:
-        return sum(g.shape[0] for g in self.factors)
+        return sum(self._row_counts())
 
     def _apply(self, v: Tensor) -> Tensor:
         """``G v``: ``(R, k)``."""
@@ -431,21 +619,39 @@ class KernelOperator(SymmetricOperator):
             return torch.zeros(gt.shape[0], scaled.shape[0], dtype=self.dtype)
         return _columns(gt, mine) @ _columns(scaled, pos[mine]).T
 
+    def _row_counts(self) -> list[int]:
+        """``R_t`` of each task with a nonzero weight."""
+        return [g.shape[0] for g in self.factors]
+
+    def _blocks(self, s: int, missing: Sequence[int], diagonal: Tensor) -> list[Tensor]:
+        """Unweighted ``G_t diag(diagonal) G_s^T`` for the positions ``t`` in ``missing``
+        (positions in :attr:`tasks`), from one scaled copy of ``G_s``."""
+        scaled = self.factors[s] * diagonal[self.coords[s]]
+        return [self._cross(t, s, scaled) for t in missing]
+
     def kernel(self, inverse_diagonal: Tensor) -> Tensor:
-        """``I_R + G diag(inverse_diagonal) G^T``, ``(R, R)``, block by block over the
-        coordinates each pair of tasks shares (blocks come from :attr:`cache` when it holds
-        them for this inverse diagonal)."""
+        """``I_R + G diag(inverse_diagonal) G^T``, ``(R, R)`` (:meth:`weighted_gram`; blocks
+        come from :attr:`cache` when it holds them for this inverse diagonal)."""
         blocks = {} if self.cache is None else self.cache.for_inverse(inverse_diagonal)
-        sizes = [g.shape[0] for g in self.factors]
+        k = self.weighted_gram(inverse_diagonal, blocks)
+        k.diagonal().add_(1.0)
+        return k
+
+    def weighted_gram(
+        self, diagonal: Tensor, blocks: dict[tuple[int, int], Tensor] | None = None
+    ) -> Tensor:
+        """``G diag(diagonal) G^T``, ``(R, R)`` with the task weights, block by block over
+        the coordinates each pair of tasks shares; ``blocks`` holds (and receives) the
+        unweighted blocks by task pair."""
+        blocks = {} if blocks is None else blocks
+        sizes = self._row_counts()
         starts = [sum(sizes[:t]) for t in range(len(sizes))]
         k = torch.empty(sum(sizes), sum(sizes), dtype=self.dtype)
-        for s, (gs, cs) in enumerate(zip(self.factors, self.coords, strict=True)):
+        for s in range(len(sizes)):
             missing = [t for t in range(s + 1) if (self.tasks[t], self.tasks[s]) not in blocks]
             if missing:
-                scaled = gs * inverse_diagonal[cs]  # one copy of one task's factor
-                for t in missing:
-                    blocks[(self.tasks[t], self.tasks[s])] = self._cross(t, s, scaled)
-                del scaled
+                for t, block in zip(missing, self._blocks(s, missing, diagonal), strict=True):
+                    blocks[(self.tasks[t], self.tasks[s])] = block
             rs = slice(starts[s], starts[s] + sizes[s])
             for t in range(s + 1):
                 rt = slice(starts[t], starts[t] + sizes[t])
@@ -454,7 +660,6 @@ class KernelOperator(SymmetricOperator):
                     k[rt, rs] *= self.scales[t] * self.scales[s]
                 if t != s:
                     k[rs, rt] = k[rt, rs].T
-        k.diagonal().add_(1.0)
         return k
 
     def factorize(self, damping: float) -> Factor:
@@ -510,6 +715,111 @@ class KernelOperator(SymmetricOperator):
             return y - inv[:, None] * back
 
         return Factor(solve, pd)
+
+
+class LinearKernelOperator(KernelOperator):
+    """:class:`KernelOperator` with each ``G_t`` held per ``nn.Linear`` layer
+    (:class:`gn_kernel.LinearFactor`): kernel blocks ``O(R^2 (in + out))`` per layer,
+    ``G v`` and ``G^T z`` one pass over the layers, nothing of size ``R x p``."""
+
+    factors: list[gn_kernel.LinearFactor]
+
+    @cached_property
+    def stacked(self) -> gn_kernel.LinearFactor:
+        """All weighted rows as one factor (one product per layer for ``G v``, ``G^T z``)."""
+        return gn_kernel.LinearFactor.stack(self.factors, self.scales)
+
+    def _row_counts(self) -> list[int]:
+        return [f.n_rows for f in self.factors]
+
+    def _apply(self, v: Tensor) -> Tensor:
+        return self.stacked.apply(v)
+
+    def _apply_t(self, z: Tensor) -> Tensor:
+        out = torch.zeros(self.dim, z.shape[1], dtype=z.dtype)
+        self.stacked.apply_t(z, out)
+        return out
+
+    def _blocks(self, s: int, missing: Sequence[int], diagonal: Tensor) -> list[Tensor]:
+        layers = {p.layer.name: p.layer for f in self.factors for p in f.parts.values()}
+        weights = gn_kernel.layer_weights(list(layers.values()), diagonal)
+        return [self.factors[t].gram(self.factors[s], weights) for t in missing]
+
+    def grouped_inverse(
+        self,
+        left: Sequence[gn_kernel.LinearFactor],
+        right: Sequence[gn_kernel.LinearFactor],
+        damping: float,
+    ) -> tuple[Tensor, float] | None:
+        """``M[i, j] = l_i^T (H + damping)^-1 r_j``, ``(len(left), len(right))``, with
+        ``l_i`` the sum of the rows of ``left[i]`` (likewise ``r_j``), entirely in the sample
+        space: with ``D = P + damping``, ``K = I + G D^-1 G^T`` and ``L``, ``Rr`` the
+        stacked rows,
+
+            ``M = S_l^T (L D^-1 Rr^T) S_r - B_l^T K^-1 B_r``,  ``B = G D^-1 L^T S_l``,
+
+        (``S`` sums rows per factor) from Gram blocks between the rows of ``left``,
+        ``right`` and ``G`` (:meth:`gn_kernel.LinearFactor.gram`, ``O(N_l N_r (in + out))``
+        per layer and memory ``N_l N_r``): no vector over the ``p`` parameters. Also the
+        relative residual of the solves ``x_i = (H + damping)^-1 l_i``, ``max_i ||(H +
+        damping) x_i - l_i|| / ||l_i||``: the residual is ``G^T (B_l - K Z)`` with ``Z``
+        the computed ``K^-1 B_l``, its norm read through ``G G^T``.
+
+        None (use :meth:`factorize`) when ``D`` is not positive everywhere (coordinates
+        without curvature need its extra rows) or the kernel's Cholesky factorisation
+        fails."""
+        shifted = self.penalty + damping
+        if not bool((shifted > 0).all()):
+            return None
+        inverse = 1.0 / shifted
+        kernel = self.kernel(inverse)
+        chol, info = torch.linalg.cholesky_ex(kernel)
+        if int(info):
+            return None
+        lf = gn_kernel.LinearFactor.stack(left, [1.0] * len(left))
+        rf = gn_kernel.LinearFactor.stack(right, [1.0] * len(right))
+        parts = [*self.stacked.parts.values(), *lf.parts.values(), *rf.parts.values()]
+        layers = list({p.layer.name: p.layer for p in parts}.values())
+        weights = gn_kernel.layer_weights(layers, inverse)
+        sl, sr = _membership(left, self.dtype), _membership(right, self.dtype)
+        b_left = self.stacked.gram(lf, weights) @ sl  # (R, len(left))
+        b_right = self.stacked.gram(rf, weights) @ sr
+        z = torch.cholesky_solve(b_left, chol)
+        matrix = sl.T @ lf.gram(rf, weights) @ sr - z.T @ b_right
+        ones = gn_kernel.layer_weights(layers, torch.ones_like(inverse))
+        res = b_left - kernel @ z
+        res_sq = (res * (self.stacked.gram(self.stacked, ones) @ res)).sum(0)
+        rhs_sq = (sl * (lf.gram(lf, ones) @ sl)).sum(0)
+        ratio = res_sq.clamp(min=0).sqrt() / rhs_sq.clamp(min=0).sqrt().clamp(min=1e-300)
+        return matrix, float(ratio.max()) if ratio.numel() else 0.0
+
+    def extreme_eigenvalues(self, seed: int = 0) -> tuple[float, float]:
+        """Exact up to :data:`EXACT_SPECTRUM_DIM` parameters; else the Ritz values of ``H``
+        on the range of ``G^T`` (at most ``R`` dimensions; no Lanczos over ``p``): with
+        ``G G^T = U S U^T`` (directions with ``S`` above ``1e-12`` of its largest),
+        ``Q = G^T U S^-1/2`` is orthonormal and ``Q^T H Q = S^-1/2 U^T G P G^T U S^-1/2 +
+        S``, from two sample-space Gram matrices. Exact when the penalty is a multiple of
+        the identity (``lambda_max = P + s_max``); in general a lower bound of
+        ``lambda_max`` and an upper bound of ``lambda_min``, sharpened as in
+        :meth:`KernelOperator.extreme_eigenvalues` by ``lambda_min <= P_(R+1)`` and
+        ``lambda_max >= max P``. Above :data:`RITZ_MAX_ROWS` rows that ``O(R^3)``
+        eigenproblem costs more than the solve itself: Lanczos as in
+        :meth:`KernelOperator.extreme_eigenvalues` (its products are cheap here)."""
+        if self.dim <= EXACT_SPECTRUM_DIM or self.rows > RITZ_MAX_ROWS:
+            return super().extreme_eigenvalues(seed)
+        diag = torch.sort(self.penalty).values
+        lo, hi = float(diag[min(self.rows, self.dim - 1)]), float(diag[-1])
+        if not self.rows:
+            return float(diag[0]), hi
+        gram = self.weighted_gram(torch.ones_like(self.penalty))
+        evals, evecs = torch.linalg.eigh(gram)
+        keep = evals > 1e-12 * max(float(evals[-1]), 1e-300)
+        if not bool(keep.any()):
+            return lo, hi
+        basis = evecs[:, keep] / evals[keep].sqrt()
+        curved = basis.T @ self.weighted_gram(self.penalty) @ basis
+        ritz = torch.linalg.eigvalsh(0.5 * (curved + curved.T) + torch.diag(evals[keep]))
+        return min(lo, float(ritz[0])), max(hi, float(ritz[-1]))
 
 
 class WoodburySolver(ExplicitSolver):
