@@ -34,3 +34,48 @@ def synthetic_reg() -> TaskSet:
         n_features=5,
         seed=1,
     ).standardize()
+
+
+def three_class_tasks(n_features: int, seed: int) -> TaskSet:
+    """3 three-class tasks (a related pair and an unrelated one), 12 training and 12 test
+    rows each, no validation rows, standardised."""
+    return load(
+        "synthetic",
+        n_per_task=24,
+        n_features=n_features,
+        n_classes=3,
+        clusters=1,
+        cluster_size=2,
+        n_unrelated=1,
+        n_adversarial=0,
+        train=0.5,
+        val=0.0,
+        seed=seed,
+    ).standardize()
+
+
+@pytest.fixture(scope="module")
+def wide() -> TaskSet:
+    """:func:`three_class_tasks` with 60 features: R = 72 sample rows, p = 729 (convex)."""
+    return three_class_tasks(60, seed=4)
+
+
+@pytest.fixture(scope="module")
+def small() -> TaskSet:
+    """:func:`three_class_tasks` with 6 features."""
+    return three_class_tasks(6, seed=5)
+
+
+def four_binary_tasks(seed: int) -> TaskSet:
+    """4 small classification tasks (a related pair, an unrelated and an adversarial one),
+    40 rows each, 4 features, standardised."""
+    return load(
+        "synthetic",
+        n_per_task=40,
+        n_features=4,
+        clusters=1,
+        cluster_size=2,
+        n_unrelated=1,
+        n_adversarial=1,
+        seed=seed,
+    ).standardize()

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import four_binary_tasks
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.relatedness import influence
 from taskrel.relatedness.ground_truth import train_model
@@ -66,16 +66,7 @@ def test_undiagnosed_cg_skips_the_eigenvalue_estimates(ritz_calls: list[int]) ->
 
 @pytest.fixture(scope="module")
 def classification() -> TaskSet:
-    return load(
-        "synthetic",
-        n_per_task=40,
-        n_features=4,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=1,
-        seed=2,
-    ).standardize()
+    return four_binary_tasks(seed=2)
 
 
 def test_cg_scores_equal_explicit_without_repeated_estimates(

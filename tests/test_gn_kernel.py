@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError
 from taskrel.models import build_model
@@ -23,24 +22,6 @@ from taskrel.relatedness.mtif import MTIF, MTLFunctions, structure_for
 from taskrel.relatedness.woodbury import KernelOperator, LinearKernelOperator, SampleSpace
 
 MLP = {"hidden": [5, 4], "activation": "tanh", "l2": 1e-2, "l2_task": 1e-1}
-
-
-@pytest.fixture(scope="module")
-def small() -> TaskSet:
-    """3 three-class tasks, 12 training rows each, 6 features."""
-    return load(
-        "synthetic",
-        n_per_task=24,
-        n_features=6,
-        n_classes=3,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=0,
-        train=0.5,
-        val=0.0,
-        seed=5,
-    ).standardize()
 
 
 def _tasks(kind: str, small: TaskSet, synthetic_reg: TaskSet) -> TaskSet:

@@ -13,31 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.models import build_model
 from taskrel.relatedness.mtif import MTIF
 from taskrel.relatedness.woodbury import LinearKernelOperator, SampleSpace
 
 MLP = {"hidden": [5, 4], "activation": "tanh", "l2": 1e-2, "l2_task": 1e-1}
-
-
-@pytest.fixture(scope="module")
-def small() -> TaskSet:
-    """3 three-class tasks, 12 training and 12 test rows each, 6 features."""
-    return load(
-        "synthetic",
-        n_per_task=24,
-        n_features=6,
-        n_classes=3,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=0,
-        train=0.5,
-        val=0.0,
-        seed=5,
-    ).standardize()
 
 
 def _close(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-9) -> None:

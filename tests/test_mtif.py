@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import four_binary_tasks
 
 from taskrel.data import load
 from taskrel.data.taskset import Task, TaskSet
@@ -39,16 +40,7 @@ def regression() -> TaskSet:
 
 @pytest.fixture(scope="module")
 def classification() -> TaskSet:
-    return load(
-        "synthetic",
-        n_per_task=40,
-        n_features=4,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=1,
-        seed=2,
-    ).standardize()
+    return four_binary_tasks(seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import four_binary_tasks
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError
 from taskrel.relatedness import RelateContext, Relatedness, relate
@@ -29,16 +29,7 @@ LBFGS = TrainConfig(
 @pytest.fixture(scope="module")
 def tasks() -> TaskSet:
     """4 small classification tasks (a related pair, an unrelated and an adversarial one)."""
-    return load(
-        "synthetic",
-        n_per_task=40,
-        n_features=4,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=1,
-        seed=3,
-    ).standardize()
+    return four_binary_tasks(seed=3)
 
 
 def mlp(seed: int = 5) -> RelateContext:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.errors import ConfigError
 from taskrel.models import build_model
@@ -18,42 +17,6 @@ from taskrel.relatedness.mtif import MTIF, MTLFunctions, plan_solver, structure_
 from taskrel.relatedness.woodbury import KernelOperator, not_applicable_reason
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-
-
-@pytest.fixture(scope="module")
-def wide() -> TaskSet:
-    """3 three-class tasks, 12 training rows each, 60 features: R = 72 rows, p = 729."""
-    return load(
-        "synthetic",
-        n_per_task=24,
-        n_features=60,
-        n_classes=3,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=0,
-        train=0.5,
-        val=0.0,
-        seed=4,
-    ).standardize()
-
-
-@pytest.fixture(scope="module")
-def small() -> TaskSet:
-    """3 three-class tasks, 12 training rows each, 6 features."""
-    return load(
-        "synthetic",
-        n_per_task=24,
-        n_features=6,
-        n_classes=3,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=0,
-        train=0.5,
-        val=0.0,
-        seed=5,
-    ).standardize()
 
 
 def _models(classification: TaskSet, regression: TaskSet) -> list[tuple[TaskSet, object]]:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from taskrel.data import load
 from taskrel.data.taskset import TaskSet
 from taskrel.models import build_model
 from taskrel.relatedness import woodbury
@@ -17,24 +16,6 @@ from taskrel.relatedness.mtif import MTIF
 from taskrel.relatedness.woodbury import LinearKernelOperator, SampleSpace
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-
-
-@pytest.fixture(scope="module")
-def wide() -> TaskSet:
-    """3 three-class tasks, 12 training rows each, 60 features: R = 72 rows, p = 729."""
-    return load(
-        "synthetic",
-        n_per_task=24,
-        n_features=60,
-        n_classes=3,
-        clusters=1,
-        cluster_size=2,
-        n_unrelated=1,
-        n_adversarial=0,
-        train=0.5,
-        val=0.0,
-        seed=4,
-    ).standardize()
 
 
 def test_linear_woodbury_uses_layer_factors_and_equals_explicit(wide: TaskSet) -> None:
