@@ -49,6 +49,12 @@ def tree(path: Path) -> dict[str, str]:
 
 
 # -- interruption ---------------------------------------------------------------------
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default disposition, which a job started in the
+    background of a non-interactive shell (``cmd &``) would otherwise inherit as ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -58,6 +64,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
