@@ -125,7 +125,10 @@ class SmallModel:
         return jacrev(self._mean_losses)(self.fns.theta).detach().T
 
     def gradients(self, split: SplitName) -> Tensor:
-        """``(p, T)``: column t is the gradient of task t's mean ``split`` loss."""
+        """``(p, T)``: column t is the gradient of task t's mean ``split`` loss
+        (``split``: ``train`` or ``test``, the two the one call computes)."""
         t = self.fns.n_tasks
-        part = self._gradients[:, :t] if split == "train" else self._gradients[:, t:]
-        return part.contiguous()
+        columns = {"train": slice(0, t), "test": slice(t, 2 * t)}
+        if split not in columns:
+            raise ValueError(f"the small-model path has train and test gradients, not {split!r}")
+        return self._gradients[:, columns[split]].contiguous()
