@@ -39,8 +39,9 @@ def close(a: Any, b: Any) -> None:
 
 
 def test_small_path_equals_block_path(trained: tuple[Any, TaskSet]) -> None:
-    """Task matrix, Newton matrix, instance scores and every diagnostic of the small path
-    equal those of the block-arrow path (the same engine with the small path switched off)."""
+    """Task matrix, Newton matrix, instance and per-test-example scores and every
+    diagnostic of the small path equal those of the block-arrow path (the same engine
+    with the small path switched off)."""
     model, ts = trained
     fast = MTIF(model, ts)
     ref = MTIF(model, ts)
@@ -51,6 +52,7 @@ def test_small_path_equals_block_path(trained: tuple[Any, TaskSet]) -> None:
     close(got.matrix, want.matrix)
     close(got.meta["newton_matrix"], want.meta["newton_matrix"])
     close(got.instance_scores, want.instance_scores)
+    close(fast.test_example_scores([0, 1])[0], ref.test_example_scores([0, 1])[0])
     assert np.abs(want.matrix).max() > 1e-4  # a non-trivial matrix
     close(fast.train_gradients, ref.train_gradients)
     close(fast.test_gradients, ref.test_gradients)

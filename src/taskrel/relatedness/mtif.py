@@ -850,10 +850,15 @@ class MTIF:
         """``(p, T)``: ``grad L_i`` (mean test loss of each task) at theta_hat."""
         return self._task_gradients("test")
 
+    def _hessian(self) -> SymmetricOperator:
+        """``H`` at theta_hat as the solver sees it: the small-model path's one-call dense
+        matrix where it applies, else :meth:`operator`."""
+        return self.small.operator() if self.small is not None else self.operator()
+
     @cached_property
     def _solved(self) -> tuple[Tensor, SolveReport]:
         start = time.perf_counter()
-        op = self.small.operator() if self.small is not None else self.operator()
+        op = self._hessian()
         self.timings["hessian_s"] = time.perf_counter() - start
         start = time.perf_counter()
         with notices.collect() as given:
@@ -1093,7 +1098,7 @@ class MTIF:
                     weights = [1.0 + c if t == j else 1.0 for t in range(self.n_tasks)]
                     solve = self._factor(self.operator(weights=weights), damping)
                 else:
-                    full_solve = full_solve or self._factor(self.operator(), damping)
+                    full_solve = full_solve or self._factor(self._hessian(), damping)
                     solve = full_solve
                 coords = self.structure.local_coords(j)
                 width = woodbury.output_width(fns, j)
@@ -1175,7 +1180,7 @@ class MTIF:
             blocks.append(rhs)
             test_rows.append(self.taskset.tasks[i].test_idx[pick])
         solver = self.solver.with_damping(self.report.damping)
-        v, _ = solver.solve(self.operator(), torch.cat(blocks, dim=1), diagnose=False)
+        v, _ = solver.solve(self._hessian(), torch.cat(blocks, dim=1), diagnose=False)
         scores = torch.cat([self._train_scores(j, v) for j in range(self.n_tasks)])
         return scores.numpy(), np.concatenate(test_rows)
 

@@ -116,9 +116,14 @@ class SmallModel:
         data += [(x, y, t) for t, (x, y) in enumerate(self.fns.test)]
         return functional_call(self._all, self._params(theta), (data, False))
 
-    def operator(self) -> CholeskyOperator:
-        """``H`` as a dense operator (one ``jacrev(jacrev(J))`` call)."""
+    @cached_property
+    def _operator(self) -> CholeskyOperator:
         return CholeskyOperator(jacrev(jacrev(self._objective))(self.fns.theta).detach())
+
+    def operator(self) -> CholeskyOperator:
+        """``H`` as a dense operator (one ``jacrev(jacrev(J))`` call, kept: at most
+        ``SMALL_MAX_PARAMS ** 2`` numbers)."""
+        return self._operator
 
     @cached_property
     def _gradients(self) -> Tensor:
