@@ -79,3 +79,22 @@ def four_binary_tasks(seed: int) -> TaskSet:
         n_adversarial=1,
         seed=seed,
     ).standardize()
+
+
+def three_task_group_args(*options: str) -> list[str]:
+    """``taskrel group`` arguments for a 3-task regression set (2 related tasks and 1
+    unrelated, 40 rows each) with the linear model's L2 pinned (no search on validation),
+    then ``--set`` for each extra option."""
+    args = ["group", "--data", "synthetic-regression", "--predictor", "retrain"]
+    for option in (
+        "data.options.clusters=1",
+        "data.options.cluster_size=2",
+        "data.options.n_adversarial=0",
+        "data.options.n_features=4",
+        "data.options.n_per_task=40",
+        "model.l2=0.01",
+        "model.l2_task=0.1",
+        *options,
+    ):
+        args += ["--set", option]
+    return args

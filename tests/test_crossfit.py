@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import three_task_group_args
 
 from taskrel.cli import main
 from taskrel.data.taskset import TaskSet
@@ -155,17 +156,7 @@ def test_cli_group_rejects_one_se_without_folds(
 def test_cli_group_repeats_resample_the_split_and_record_the_rule(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["group", "--data", "synthetic-regression", "--predictor", "retrain"]
-    for option in (
-        "data.options.clusters=1",
-        "data.options.cluster_size=2",
-        "data.options.n_adversarial=0",  # 3 tasks: 2 related + 1 unrelated
-        "data.options.n_features=4",
-        "data.options.n_per_task=40",
-        "model.l2=0.01",
-        "model.l2_task=0.1",
-    ):
-        args += ["--set", option]
+    args = three_task_group_args()
     out = tmp_path / "run"
     assert main([*args, "--folds", "3", "--repeats", "2", "--random", "0", "--out", str(out)]) == 0
     assert "3-fold cross-fitted validation, rule one-se" in capsys.readouterr().out

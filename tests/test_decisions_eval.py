@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import three_task_group_args
 from sklearn.metrics import adjusted_rand_score
 
 from taskrel.cli import main
@@ -155,23 +156,14 @@ def test_statistics_and_random_partitions() -> None:
 def test_cli_group_with_a_predictor_prints_predicted_and_actual_outcomes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["group", "--data", "synthetic-regression", "--predictor", "retrain"]
-    for option in (
-        "data.options.clusters=1",
-        "data.options.cluster_size=2",
-        "data.options.n_adversarial=0",  # 3 tasks: 2 related + 1 unrelated
-        "data.options.n_features=4",
-        "data.options.n_per_task=40",
+    args = three_task_group_args(
         "model.hidden=[]",
-        "model.l2=0.01",  # fixed regularisation: no search on validation
-        "model.l2_task=0.1",
         'train.optimizer="lbfgs"',
         "train.lr=1.0",
         "train.epochs=2",
         "train.patience=null",
         'train.dtype="float64"',
-    ):
-        args += ["--set", option]
+    )
     out = tmp_path / "run"
     assert main([*args, "--repeats", "1", "--random", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

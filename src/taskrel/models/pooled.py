@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import Field
 from torch import Tensor, nn
 
 from taskrel.data.taskset import TaskSet
@@ -26,9 +25,7 @@ from taskrel.errors import NotApplicableError
 from taskrel.models.base import ModelConfig, MTLModel, TaskSpec
 from taskrel.models.sharing import (
     BIAS_PENALTY,
-    Activation,
-    Auto,
-    Coefficient,
+    NetworkConfig,
     _check_flat,
     _check_pinned,
     _n_outputs,
@@ -38,13 +35,8 @@ from taskrel.models.sharing import (
 )
 
 
-class PooledConfig(ModelConfig):
-    hidden: list[int] = Field(default_factory=list, description="MLP widths ([]: linear model)")
-    activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    l2: Coefficient | Auto = Field(
-        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
-    )
+class PooledConfig(NetworkConfig):
+    """One MLP for every task (the :class:`NetworkConfig` fields as they are)."""
 
 
 class Pooled(MTLModel):

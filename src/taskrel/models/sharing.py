@@ -108,12 +108,23 @@ def l2_penalty(module: nn.Module, l2: float, bias_scale: float = 1.0) -> Tensor:
     return 0.5 * l2 * total
 
 
-class HardSharingConfig(ModelConfig):
+class NetworkConfig(ModelConfig):
+    """The fields of every model built from :func:`mlp` bodies: widths, activation,
+    dropout and the L2 coefficient (subclasses restate a field only to say what it covers
+    in that model)."""
+
+    hidden: list[int] = Field(default_factory=list, description="MLP widths ([]: linear model)")
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    l2: Coefficient | Auto = Field(
+        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
+    )
+
+
+class HardSharingConfig(NetworkConfig):
     hidden: list[int] = Field(
         default_factory=list, description="encoder widths ([]: a linear model)"
     )
-    activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     shared_head: bool | None = Field(
         None,
         description="add a shared linear head to every task (default: for a linear model "
@@ -197,20 +208,15 @@ class HardSharing(MTLModel):
         return [f"heads.{task}.{n}" for n, _ in self.heads[task].named_parameters()]
 
 
-class SoftSharingConfig(ModelConfig):
+class SoftSharingConfig(NetworkConfig):
     hidden: list[int] = Field(
         default_factory=list, description="per-task MLP widths ([]: linear models)"
     )
-    activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     coupling: Coefficient | Auto = Field(
         "auto",
         description="lambda of the pairwise coupling penalty ('auto': on validation, after l2)",
     )
     couple_heads: bool = Field(True, description="couple output layers too (same shapes only)")
-    l2: Coefficient | Auto = Field(
-        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
-    )
 
 
 class SoftSharing(MTLModel):
@@ -274,14 +280,9 @@ class SoftSharing(MTLModel):
         ]
 
 
-class SingleTaskConfig(ModelConfig):
+class SingleTaskConfig(NetworkConfig):
     hidden: list[int] = Field(
         default_factory=list, description="per-task MLP widths ([]: linear models)"
-    )
-    activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    l2: Coefficient | Auto = Field(
-        "auto", description="L2 coefficient on all parameters ('auto': on validation)"
     )
 
 
