@@ -188,6 +188,7 @@ def run_dataset(
         train_config=TrainConfig(),
         cache_dir=jobs,
         executor=LocalExecutor(args.workers),
+        progress=True,
     )
     start = time.perf_counter()
     report = evaluate_decisions(

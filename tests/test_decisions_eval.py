@@ -154,8 +154,9 @@ def test_statistics_and_random_partitions() -> None:
 
 
 def test_cli_group_with_a_predictor_prints_predicted_and_actual_outcomes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TASKREL_PROGRESS_INTERVAL", "0")  # piped: a progress line per choice
     args = three_task_group_args(
         "model.hidden=[]",
         'train.optimizer="lbfgs"',
@@ -166,7 +167,9 @@ def test_cli_group_with_a_predictor_prints_predicted_and_actual_outcomes(
     )
     out = tmp_path / "run"
     assert main([*args, "--repeats", "1", "--random", "1", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "decisions: choices (predictors, then the oracle) 2/2 choices" in captured.err
     assert "exhaustive search on retrain" in printed
     assert "| predicted | actual | all-in-one | single-task |" in printed  # markdown when piped
     saved = json.loads((out / "grouping.json").read_text())

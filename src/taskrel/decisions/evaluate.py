@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,7 @@ from taskrel.decisions.search import (
 from taskrel.errors import ConfigError
 from taskrel.execution import Job
 from taskrel.notices import notice
+from taskrel.progress import progress
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import DataSpec, Retrainer, load_data, train_model
 from taskrel.relatedness.reliability import spearman_brown, spearman_rows
@@ -387,8 +388,10 @@ def run_repeat(
     skip_failures: bool = False,
     folds: int = 1,
     rule: str = "min",
+    step_done: Callable[[], None] = lambda: None,
 ) -> Repeat:
-    """One repeat of the decision evaluation (see :func:`evaluate_decisions`)."""
+    """One repeat of the decision evaluation (see :func:`evaluate_decisions`);
+    ``step_done`` is called after each predictor's choice and after the oracle's."""
     taskset, _ = ensure_validation(taskset, seed=seed, purpose="choose groups on")
     ctx = ctx.pinned(taskset)  # "auto" regularisation: chosen once on validation, then fixed
     names, t = taskset.names, len(taskset)
@@ -420,6 +423,8 @@ def run_repeat(
                 failures[name] = f"{type(err).__name__}: {' '.join(str(err).split())}"
                 notice(f"predictor {name} failed on {taskset.name}: {failures[name]}; left out")
                 continue
+            finally:
+                step_done()
             seconds[name] = time.perf_counter() - start
             fitted[name] = p
         oracle_groups = oracle_search = hindsight = None
@@ -448,6 +453,7 @@ def run_repeat(
             )
             if exhaustive:  # every subset is trained: the best partition on test is free
                 hindsight = search_partition(outcomes.cost("test"), t, n_groups, penalty).groups
+        step_done()
         randoms = {
             name: random_partitions(
                 [len(x) for x in g.groups], n_random, [seed, *sorted(len(x) for x in g.groups)]
@@ -541,12 +547,18 @@ def evaluate_decisions(
         )
     repeats: list[Repeat] = []
     active, failures = list(predictors), {}
-    for r, ts in enumerate(tasksets):
-        cfg = ctx.train_config.model_copy(update={"seed": ctx.train_config.seed + r})
-        ctx_r = dataclasses.replace(ctx, train_config=cfg)
-        repeats.append(run_repeat(ts, ctx_r, active, **{"seed": r, **options}))
-        failures.update(repeats[-1].failures)
-        active = [p for p in active if p not in failures]
+    steps = len(tasksets) * (len(predictors) + 1)  # each predictor's choice, then the oracle
+    label = "decisions: choices (predictors, then the oracle)"
+    with progress(label, "choices", steps, enabled=ctx.progress or None) as report:
+        for r, ts in enumerate(tasksets):
+            cfg = ctx.train_config.model_copy(update={"seed": ctx.train_config.seed + r})
+            ctx_r = dataclasses.replace(ctx, train_config=cfg)
+            repeats.append(
+                run_repeat(ts, ctx_r, active, **{"seed": r, "step_done": report.advance, **options})
+            )
+            failures.update(repeats[-1].failures)
+            report.advance(len(predictors) - len(active))  # left out after a failure
+            active = [p for p in active if p not in failures]
     for rep in repeats:  # a predictor that failed once is left out of every repeat
         rep.decisions = {k: v for k, v in rep.decisions.items() if k in active}
         rep.lds_predicted = {k: v for k, v in rep.lds_predicted.items() if k in active}
