@@ -75,6 +75,7 @@ ABLATIONS = [v for v in VARIANTS if v != "gate incl. embedding"]
 BASES = {"slu": "slu", "slu-stack": "stack"}  # base model -> its options key in feedback
 METRICS = ("intent_accuracy", "slot_f1", "overall_accuracy")
 CACHE_VERSION = 2  # bump when a change invalidates cached runs
+CHAR_CNN_VERSION = 2  # bump when the character CNN changes (invalidates runs with chars > 0)
 LATENCY_SENTENCE = "show me the cheapest round trip flights from boston to denver on monday"
 
 
@@ -188,6 +189,8 @@ def run_cached(job: Job, device: str, cache_dir: str | None) -> dict[str, Any]:
     """:func:`run_job`, or its cached result (the key is the job, not the device)."""
     cache = ResultCache(cache_dir) if cache_dir is not None else None
     key = ["feedback_slu", CACHE_VERSION, asdict(job)]
+    if job.chars:  # version 2: the max skips positions past a word's end
+        key.append({"char_cnn": CHAR_CNN_VERSION})
     return dict(cached(cache, key, lambda: run_job(job, device)))
 
 

@@ -15,6 +15,7 @@ from taskrel.data import load
 from taskrel.data.taskset import PAD_TAG, TaskSet
 from taskrel.models import build_model
 from taskrel.models.slu import (
+    CharCNN,
     CharTable,
     JointSLU,
     encode_sentence,
@@ -168,6 +169,26 @@ def test_parameter_partition(atis_small: TaskSet) -> None:
     }
     assert all(n.startswith(("attention", "intent_")) for n in model.task_parameter_names(0))
     assert all(n.startswith(("slot_", "crf.")) for n in model.task_parameter_names(1))
+
+
+def test_char_cnn_features_of_a_word_do_not_depend_on_its_batch() -> None:
+    """A word's features are the max over its own characters' convolution outputs: the same
+    whether its batch holds longer words or not (positions past its end would give the
+    bias alone), and 0 for a token without characters; checked against a hand loop."""
+    tokens = ["<pad>", "<unk>", "ab", "ba", "abcab", "zax"]
+    table = CharTable.build(tokens, vocab_size=4, max_chars=5)
+    torch.manual_seed(0)
+    cnn = CharCNN(table, dim=3, filters=4)
+    with torch.no_grad():
+        cnn.conv.bias.fill_(5.0)  # a large bias: padded positions would win the max
+        alone = cnn(torch.tensor([[2]]))[0, 0]
+        batched = cnn(torch.tensor([[2, 4], [0, 1]]))
+        torch.testing.assert_close(batched[0, 0], alone)
+        torch.testing.assert_close(batched[1], torch.zeros(2, 4))  # <pad>, <unk>: no chars
+        chars = torch.as_tensor(table.ids[4][:5])  # "abcab": 2 3 1 2 3
+        emb = cnn.embedding(chars).T.unsqueeze(0)  # (1, dim, 5)
+        want = cnn.conv(emb)[0].amax(dim=1)
+        torch.testing.assert_close(batched[0, 1], want)
 
 
 def test_char_table_spells_tokens_with_the_training_alphabet() -> None:
