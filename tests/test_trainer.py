@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,23 @@ def test_interrupt_and_resume_reach_the_uninterrupted_result(
     for k, v in _params(reference.model).items():
         torch.testing.assert_close(v, _params(resumed.model)[k], rtol=0, atol=0)
     assert [h["objective"] for h in resumed.history] == [h["objective"] for h in reference.history]
+
+
+def test_interrupt_without_checkpoint_names_the_last_finished_epoch(
+    synthetic_cls: TaskSet,
+) -> None:
+    cfg = TrainConfig(epochs=10, lr=1e-2, batch_size=8)
+    steps = math.ceil(max(len(t.train_idx) for t in synthetic_cls.tasks) / cfg.batch_size)
+    assert steps >= 2
+
+    def stop_in_epoch_5(step: int, model: object, batches: object) -> None:
+        if step == 4 * steps + 1:  # the second step of epoch 5: epoch 4 is the last finished
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(synthetic_cls, "hard", {"hidden": [8]}, cfg, on_step=stop_in_epoch_5)
+    assert info.value.epoch == 4 and info.value.checkpoint is None
+    assert "no checkpoint" in str(info.value)
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]

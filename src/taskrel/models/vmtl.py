@@ -358,6 +358,13 @@ class VMTL(MTLModel):
         var = F.softplus(torch.stack(list(self.head_rho))) ** 2
         return mu, var
 
+    def head_mean(self, task: int) -> Tensor:
+        """Posterior mean ``(K + 1, C)`` of task ``task``'s head, without building every
+        task's head (prediction loops over tasks)."""
+        if self.config.classifier == "amortized":
+            return self.generate(self.summary_x[task])[0].T
+        return self.head_mu[task]
+
     def generate(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Amortised head posteriors ``(..., K + 1)`` (mean, variance) for summary inputs
         ``u`` ``(..., d)``: the generator at the encoder mean (no dropout)."""
@@ -421,7 +428,7 @@ class VMTL(MTLModel):
                 return torch.logsumexp(F.log_softmax(out, -1), 0) - math.log(len(out))
             pred = out.mean(0)
         else:
-            pred = self._augment(self.encode(x)[0]) @ self.heads()[0][task]
+            pred = self._augment(self.encode(x)[0]) @ self.head_mean(task)
             if self.kind == "classification":
                 return pred
         return pred.squeeze(-1) * self.y_std[task] + self.y_mean[task]

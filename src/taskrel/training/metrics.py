@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from sklearn.metrics import explained_variance_score, f1_score
+from torch import nn
 
 from taskrel.data.slu import gold_tag_names
 from taskrel.data.taskset import PAD_TAG, SplitName, TaskSet
@@ -82,16 +84,28 @@ def predict_task(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs and hard predictions (:meth:`MTLModel.output_predictions` of those
     outputs: one forward pass) of ``model`` for one task, batched."""
-    was_training = model.training
-    model.eval()
-    dtype = next(model.parameters()).dtype
-    outs, preds = [], []
-    for start in range(0, len(x), batch_size):
-        xb = as_model_input(x[start : start + batch_size], dtype)
-        outs.append(model(xb, task))
-        preds.append(model.output_predictions(outs[-1], xb, task))
-    model.train(was_training)
+    with evaluation_mode(model):
+        dtype = next(model.parameters()).dtype
+        outs, preds = [], []
+        for start in range(0, len(x), batch_size):
+            xb = as_model_input(x[start : start + batch_size], dtype)
+            outs.append(model(xb, task))
+            preds.append(model.output_predictions(outs[-1], xb, task))
     return torch.cat(outs).numpy(), torch.cat(preds).numpy()
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its previous mode restored after (the
+    module tree is walked only when the mode changes: per-task loops over many tasks)."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 @torch.no_grad()
@@ -115,7 +129,8 @@ def evaluate(
         x, y = task.arrays(split)
         if len(x) == 0:
             continue
-        out, pred = predict_task(model, x, t)
+        with evaluation_mode(model):
+            out, pred = predict_task(model, x, t)
         loss = model.output_loss(torch.as_tensor(out), as_model_input(y, torch.float64), t)
         if task.kind == "classification":
             m = classification_metrics(y, pred)
@@ -174,12 +189,14 @@ def task_losses(model: MTLModel, taskset: TaskSet, split: SplitName = "val") -> 
     """Mean per-example loss (:meth:`MTLModel.output_loss`) of every task on ``split``
     (tasks with no rows skipped); early stopping watches it on ``val``."""
     losses = {}
-    for t, task in enumerate(taskset.tasks):
-        x, y = task.arrays(split)
-        if len(x):
-            out, _ = predict_task(model, x, t)
-            target = as_model_input(y, torch.float64)
-            losses[task.name] = float(model.output_loss(torch.as_tensor(out), target, t).mean())
+    with evaluation_mode(model):
+        for t, task in enumerate(taskset.tasks):
+            x, y = task.arrays(split)
+            if len(x):
+                out, _ = predict_task(model, x, t)
+                target = as_model_input(y, torch.float64)
+                loss = model.output_loss(torch.as_tensor(out), target, t)
+                losses[task.name] = float(loss.mean())
     return losses
 
 

@@ -335,7 +335,9 @@ def train(
             }
         )
 
-    last_good = snapshot()
+    # the state at the end of the last finished epoch, written on interruption; only kept
+    # when there is a checkpoint to write (a copy per epoch is costly for many tasks)
+    last_good = snapshot() if ckpt is not None else None
     show = sys.stderr.isatty() if progress is None else progress
     stopped_early = False
     try:
@@ -377,15 +379,18 @@ def train(
                             best_val=val,
                             best_epoch=epoch,
                             bad_epochs=0,
-                            best_model=copy.deepcopy(model.state_dict()),
+                            best_model={
+                                k: v.detach().clone() for k, v in model.state_dict().items()
+                            },
                         )
                     else:
                         state["bad_epochs"] += 1
                 state["history"].append(record)
                 state["epoch"] = epoch
-                last_good = snapshot()
-                if ckpt is not None and epoch % cfg.checkpoint_every == 0:
-                    save_checkpoint(last_good, ckpt)
+                if ckpt is not None:
+                    last_good = snapshot()
+                    if epoch % cfg.checkpoint_every == 0:
+                        save_checkpoint(last_good, ckpt)
                 if on_epoch is not None:
                     on_epoch(epoch, record)
                 advance(record)
@@ -400,9 +405,9 @@ def train(
                     stopped_early = True
                     break
     except KeyboardInterrupt:
-        if ckpt is not None:
+        if ckpt is not None and last_good is not None:
             save_checkpoint(last_good, ckpt)
-        raise TrainingInterrupted(ckpt, last_good["epoch"]) from None
+        raise TrainingInterrupted(ckpt, state["epoch"]) from None
 
     if ckpt is not None:
         save_checkpoint(snapshot(), ckpt)
