@@ -146,6 +146,13 @@ class MTLModel(nn.Module):
         exactly (full-batch L-BFGS in float64). False by default."""
         return False
 
+    @property
+    def separable(self) -> bool:
+        """True when the objective is a sum of per-task terms, each depending only on its
+        task's parameters (no shared parameters, no coupling: single-task models). The
+        Newton trainer then steps each task's parameters on their own. False by default."""
+        return False
+
     def penalty(self) -> Tensor:
         """Regularisation term of the objective (a scalar); zero by default."""
         return torch.zeros((), device=self._device())

@@ -247,6 +247,10 @@ class SoftSharing(MTLModel):
     def convex(self) -> bool:
         return not self.config.hidden
 
+    @property
+    def separable(self) -> bool:
+        return float(self.config.coupling) == 0.0
+
     def forward(self, x: Tensor, task: int) -> Tensor:
         out = self.heads[task](self.bodies[task](x))
         return _squeeze_regression(out, self.tasks[task].kind)

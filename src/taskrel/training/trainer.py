@@ -37,7 +37,7 @@ from taskrel.signals import sigterm_as_interrupt
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
 from taskrel.training.convergence import gradient_check
 from taskrel.training.metrics import as_model_input, task_losses
-from taskrel.training.newton import NEWTON_MAX_PARAMS, newton_step
+from taskrel.training.newton import NEWTON_MAX_PARAMS, newton_size, newton_step
 from taskrel.validation import check_options
 
 EXACT_OPTIMIZERS = ("lbfgs", "newton")
@@ -52,16 +52,17 @@ class TrainConfig(BaseModel):
 
     The defaults adapt to the model (see :func:`resolve_train_config`): a model whose
     objective is convex in its parameters (``MTLModel.convex``, e.g. ``hidden=[]``) is
-    trained to its optimum in float64 (Newton steps up to 2048 parameters, full-batch
-    L-BFGS above); any other by Adam in float32 with validation-based early stopping."""
+    trained to its optimum in float64 (Newton steps up to 4096 parameters, or 4096 per
+    task for single-task models, full-batch L-BFGS above); any other by Adam in float32
+    with validation-based early stopping."""
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(100, ge=1, description="maximum number of epochs")
     optimizer: Literal["auto", "adam", "sgd", "lbfgs", "newton"] = Field(
         "auto",
-        description="'auto': for models convex in their parameters Newton (up to 2048 "
-        "parameters) or full-batch L-BFGS, Adam otherwise",
+        description="'auto': for models convex in their parameters Newton (up to 4096 "
+        "parameters; per task for single-task models) or full-batch L-BFGS, Adam otherwise",
     )
     lr: float | None = Field(
         None, gt=0.0, description="learning rate (default: 1.0 for L-BFGS, 1e-2 otherwise)"
@@ -107,13 +108,13 @@ class TrainConfig(BaseModel):
 def resolve_train_config(config: TrainConfig, model: MTLModel) -> TrainConfig:
     """``config`` with its ``'auto'``/unset fields made concrete for ``model``:
     ``optimizer`` (when ``model.convex``: Newton up to
-    :data:`~taskrel.training.newton.NEWTON_MAX_PARAMS` parameters, else L-BFGS; Adam for
+    :data:`~taskrel.training.newton.NEWTON_MAX_PARAMS` parameters — per task for a separable
+    model, :func:`~taskrel.training.newton.newton_size` — else L-BFGS; Adam for
     other models), ``lr`` (1.0 for L-BFGS and Newton, 1e-2 otherwise) and ``dtype``
     (float64 with L-BFGS and Newton, else float32)."""
     optimizer = config.optimizer
     if optimizer == "auto":
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        small = n_params <= NEWTON_MAX_PARAMS
+        small = newton_size(model) <= NEWTON_MAX_PARAMS
         optimizer = ("newton" if small else "lbfgs") if model.convex else "adam"
     exact = optimizer in EXACT_OPTIMIZERS
     lr = config.lr if config.lr is not None else (1.0 if exact else FIRST_ORDER_LR)
