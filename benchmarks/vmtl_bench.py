@@ -615,8 +615,8 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
     source tasks one run took 385 s against 69 s for hard sharing).
 
     The baselines are convex: they are trained to their optimum by the library's default
-    training (``optimizer='auto'``: Newton steps up to 2,048 parameters, full-batch
-    L-BFGS above, until the relative gradient norm is below 1e-9) and their
+    training (``optimizer='auto'``: Newton steps, since every school model has at most
+    4,096 parameters, until the relative gradient norm is below 1e-9) and their
     regularisation is tuned on the validation split over :data:`SCHOOL_L2_GRID` (STL: ridge
     ``l2``; hard sharing: ``l2_task`` on the task heads; soft sharing: ``coupling``). Every
     VMTL variant gets Adam at lr 1e-2 and the same number of grid points over its KL

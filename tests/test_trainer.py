@@ -73,6 +73,23 @@ def test_interrupt_without_checkpoint_names_the_last_finished_epoch(
     assert "no checkpoint" in str(info.value)
 
 
+def test_evaluation_restores_the_mode_it_found(synthetic_cls: TaskSet) -> None:
+    from taskrel.training.trainer import validation_loss
+
+    model = build_model(
+        "hard", synthetic_cls, {"hidden": [8], "dropout": 0.5, "l2": 1e-4, "l2_task": 1e-4}
+    )
+    model.train()
+    first = validation_loss(model, synthetic_cls)
+    assert model.training and all(m.training for m in model.modules())
+    # dropout was off while evaluating: the same loss twice, and again from eval mode
+    assert validation_loss(model, synthetic_cls) == first
+    evaluate(model, synthetic_cls, "val")
+    assert all(m.training for m in model.modules())
+    model.eval()
+    assert validation_loss(model, synthetic_cls) == first and not model.training
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -125,22 +125,22 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     results: dict[str, dict[str, float]] = {}
-    for t, task in enumerate(taskset.tasks):
-        x, y = task.arrays(split)
-        if len(x) == 0:
-            continue
-        with evaluation_mode(model):
+    with evaluation_mode(model):
+        for t, task in enumerate(taskset.tasks):
+            x, y = task.arrays(split)
+            if len(x) == 0:
+                continue
             out, pred = predict_task(model, x, t)
-        loss = model.output_loss(torch.as_tensor(out), as_model_input(y, torch.float64), t)
-        if task.kind == "classification":
-            m = classification_metrics(y, pred)
-        elif task.kind == "regression":
-            m = regression_metrics(y, pred)
-        else:
-            labels = task.labels or tuple(str(i) for i in range(task.n_outputs))
-            m = sequence_metrics(y, pred, labels, gold_tag_names(taskset, t, split))
-        m["loss"] = float(loss.mean())
-        results[task.name] = m
+            loss = model.output_loss(torch.as_tensor(out), as_model_input(y, torch.float64), t)
+            if task.kind == "classification":
+                m = classification_metrics(y, pred)
+            elif task.kind == "regression":
+                m = regression_metrics(y, pred)
+            else:
+                labels = task.labels or tuple(str(i) for i in range(task.n_outputs))
+                m = sequence_metrics(y, pred, labels, gold_tag_names(taskset, t, split))
+            m["loss"] = float(loss.mean())
+            results[task.name] = m
     return results
 
 

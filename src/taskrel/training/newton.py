@@ -49,15 +49,14 @@ def newton_step(model: MTLModel, batches: Sequence[Batch]) -> float:
     coupling) takes one Newton step per task on that task's parameters and batch: its
     Hessian is block diagonal, so this is the same step at the cost of ``T`` blocks of
     ``P_t^2`` instead of one of ``P^2``."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not model.separable:
+        return _damped_step(model, trainable, batches)
     with torch.no_grad():
         before = float(model.objective(batches)[0])
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if model.separable:
-        for batch in batches:
-            names = [n for n in model.task_parameter_names(batch.task) if n in trainable]
-            _damped_step(model, names, [batch])
-    else:
-        _damped_step(model, [n for n, _ in model.named_parameters() if n in trainable], batches)
+    for batch in batches:
+        names = [n for n in model.task_parameter_names(batch.task) if n in trainable]
+        _damped_step(model, names, [batch])
     return before
 
 
@@ -73,9 +72,10 @@ def newton_size(model: MTLModel) -> int:
     return sum(params.values())
 
 
-def _damped_step(model: MTLModel, names: Sequence[str], batches: Sequence[Batch]) -> None:
+def _damped_step(model: MTLModel, names: Sequence[str], batches: Sequence[Batch]) -> float:
     """Newton step with Armijo backtracking on the parameters ``names`` of ``model`` (the
-    others fixed), for the objective on ``batches``."""
+    others fixed), for the objective on ``batches``; returns that objective before the
+    step."""
     wrapper = _Objective(model)
     names = [f"model.{n}" for n in names]
     params = dict(wrapper.named_parameters())
@@ -109,3 +109,4 @@ def _damped_step(model: MTLModel, names: Sequence[str], batches: Sequence[Batch]
             new = torch.split(theta - t * direction, sizes)
             for n, v, s in zip(names, new, shapes, strict=True):
                 params[n].copy_(v.reshape(s))
+    return float(before)
