@@ -59,3 +59,14 @@ def test_relative_gradient_norm_closed_forms(synthetic_reg: TaskSet) -> None:
     assert check.scale == pytest.approx(l2 * float(force.norm()), rel=1e-8)
     assert check.relative < 1e-10 and check.converged
     assert np.isfinite(check.objective)
+
+
+def test_tasks_with_their_own_rows_are_checked_in_one_chunk(synthetic_reg: TaskSet) -> None:
+    """Chunking needs every task's batch to hold the same rows; tasks with their own rows
+    (different sizes and inputs) keep the one full batch, whatever ``chunk_rows``."""
+    from taskrel.training.convergence import _chunks
+
+    batches = TaskSampler(synthetic_reg, 32, 0, torch.float64).full()
+    assert len(_chunks(batches, 2)) == 1
+    same = [type(b)(b.task, batches[0].x, batches[0].y) for b in batches]
+    assert len(_chunks(same, 2)) == -(-len(batches[0].x) // 2)

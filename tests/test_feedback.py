@@ -349,3 +349,26 @@ def test_relatedness_trains_a_model_when_none_is_given(synthetic_cls: TaskSet) -
     assert rel.matrix.shape == (3, 3) and np.all(np.diag(rel.matrix) == 0)
     assert np.all(np.isfinite(rel.matrix)) and np.any(rel.matrix != 0)
     assert {g["chosen"] for g in rel.meta["gates"]} <= {"encoder", "decoder"}
+
+
+# -- the convergence check in chunks --------------------------------------------------------
+@pytest.mark.parametrize("name", ["slu", "feedback"])
+def test_convergence_check_in_chunks_equals_the_full_batch(tiny_slu: TaskSet, name: str) -> None:
+    """Intent and slots share their rows, so the check accumulates the gradients over
+    chunks of rows (here 3 rows: chunks of 3, 3 and 2 of the 8 utterances), weighted by
+    their share: the same objective, gradient norm and scale as one full batch."""
+    from taskrel.training.convergence import _chunks, gradient_check
+
+    slu = {**SMALL_SLU, "char_filters": 0}
+    config = slu if name == "slu" else {"iterations": 2, "slu": slu}
+    torch.manual_seed(0)
+    model = build_model(name, tiny_slu, config).double()
+    batches = _batches(tiny_slu)
+    assert [len(c[0][0].x) for c in _chunks(batches, 3)] == [3, 3, 2]
+    full = gradient_check(model, batches, 1e-3, chunk_rows=100)
+    chunked = gradient_check(model, batches, 1e-3, chunk_rows=3)
+    for field in ("grad_norm", "scale", "relative", "objective"):
+        assert getattr(chunked, field) == pytest.approx(getattr(full, field), rel=1e-10)
+    assert 0 < full.relative < math.inf
+    model.row_mean_objective = False  # a model whose objective couples rows: one chunk
+    assert gradient_check(model, batches, 1e-3, chunk_rows=3) == full

@@ -157,6 +157,14 @@ class MTLModel(nn.Module):
         """Regularisation term of the objective (a scalar); zero by default."""
         return torch.zeros((), device=self._device())
 
+    row_mean_objective: bool = True
+    """Whether :meth:`objective` is, per task, the mean over the batch's rows of a per-row
+    term, plus a term of the parameters alone. Then, when every task's batch holds the same
+    rows, the objective of all rows is the row-weighted mean of its values on chunks of
+    rows, and the convergence check evaluates it chunk by chunk
+    (:func:`taskrel.training.convergence.gradient_check`). False for objectives that
+    couple rows (e.g. VMTL's, whose priors read batch statistics)."""
+
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         """Training objective on one mini-batch per task (see module docstring).
 

@@ -559,6 +559,8 @@ class VMTL(MTLModel):
             out.append(Batch(t, self.anchor_x[t, idx], self.anchor_y[t, idx]))
         return out
 
+    row_mean_objective = False  # the KL terms and amortised heads read whole batches
+
     def objective(self, batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO per example, summed over tasks (see module docstring); every
         task's batch is processed in one vectorised pass. With ``batching="balanced"``,
