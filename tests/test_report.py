@@ -225,6 +225,8 @@ def test_diagnostics_of_an_indefinite_newton_step_and_a_large_gradient_are_shown
     fine = {**diagnostics, "stationarity": {**diagnostics["stationarity"], "stationary": True}}
     fine["newton"] = {**diagnostics["newton"], "positive_definite": [True] * 4}
     assert "NOT" not in to_markdown({**meta, "diagnostics": fine}, NAMES)
+    damped = to_markdown({**meta, "diagnostics": {**fine, "damping": 0.2}}, NAMES)
+    assert "| damping added to H | 0.2 (0.1 λ_max) | H + damping·I is solved" in damped
     assert "<h2>Diagnostics</h2>" not in render_report(comparison)
     # an ensemble: the first member's rows, and a count over all members
     members = [fine, diagnostics, {**fine, "min_eig": -0.1}]

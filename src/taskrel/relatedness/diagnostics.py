@@ -92,10 +92,11 @@ def diagnostic_rows(meta: Mapping[str, Any], task_names: Sequence[str]) -> list[
         )
     )
     damping = _num(diag.get("damping"))
+    of_max = f" ({_g(damping / abs(hi))} λ_max)" if damping > 0 and math.isfinite(hi) and hi else ""
     rows.append(
         Row(
             "damping added to H",
-            _g(damping),
+            _g(damping) + of_max,
             "none" if damping == 0 else "H + damping·I is solved instead of H",
             True,
         )
