@@ -81,11 +81,14 @@ def _shared_rows(batches: Sequence[Batch]) -> bool:
     )
 
 
-def _chunks(batches: Sequence[Batch], rows: int) -> list[tuple[list[Batch], float]]:
+def _chunks(
+    batches: Sequence[Batch], rows: int, row_mean: bool = True
+) -> list[tuple[list[Batch], float]]:
     """``batches`` cut into chunks of ``rows`` rows, each with its share of the rows; one
-    chunk (share 1) when the rows are not shared or few."""
+    chunk (share 1) when the objective is not a per-row mean (``row_mean``), or the rows
+    are not shared, or few."""
     n = len(batches[0].x)
-    if n <= rows or not _shared_rows(batches):
+    if not row_mean or n <= rows or not _shared_rows(batches):
         return [(list(batches), 1.0)]
     starts = range(0, n, rows)
     return [
@@ -122,7 +125,7 @@ def gradient_check(
     task: all of its training rows); see the module docstring. ``chunk_rows``: rows per
     chunk where the check may be chunked."""
     params = [p for p in model.parameters() if p.requires_grad]
-    chunks = _chunks(batches, chunk_rows) if model.row_mean_objective else [(list(batches), 1.0)]
+    chunks = _chunks(batches, chunk_rows, model.row_mean_objective)
     was_training = model.training
     model.eval()
     try:
