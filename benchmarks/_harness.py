@@ -15,6 +15,8 @@ import argparse
 import hashlib
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +29,8 @@ from taskrel.execution import ResultCache
 from taskrel.progress import Progress
 from taskrel.progress import progress as reporter
 from taskrel.runs import environment_info
+from taskrel.signals import raise_interrupt
+from taskrel.training.trainer import TrainingInterrupted
 
 EXACT: dict[str, Any] = {
     "optimizer": "lbfgs",
@@ -52,6 +56,23 @@ def parser(description: str, default_seeds: int = 3) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("--seeds", type=int, default=default_seeds, help="seeds (repeats) per case")
     return p
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's ``main`` and exit with its status. SIGTERM stops it as Ctrl-C
+    does; either prints one line instead of a traceback and exits with status 130
+    (finished units stay cached, worker processes are stopped, and the same command
+    resumes)."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        status = main()
+    except (KeyboardInterrupt, TrainingInterrupted):  # a training turns Ctrl-C into the latter
+        print(
+            "interrupted: finished units are cached; run the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    sys.exit(status)
 
 
 def setup(args: argparse.Namespace, name: str) -> ResultCache | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _harness import cached, markdown, mean_std, parser, pm, setup, write_out
+from _harness import cached, markdown, mean_std, parser, pm, run_main, setup, write_out
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 from sklearn.metrics import accuracy_score, explained_variance_score
@@ -233,4 +233,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,21 +32,20 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _harness import cached, machine_load, mean_std, parser, pm, setup, write_out
+from _harness import cached, machine_load, mean_std, parser, pm, run_main, setup, write_out
 from scipy import stats
 
-from taskrel.execution import ResultCache
+from taskrel.execution import ResultCache, process_pool
 
 # the main feedback model: K = 2, hinge convergence loss (our formulation) on
 FEEDBACK = {"iterations": 2, "gate_points": ["encoder", "decoder"]}
@@ -421,29 +420,29 @@ def run_all(
     method = "fork" if args.device == "cpu" else "spawn"  # CUDA cannot run in forked workers
     deadline = time.perf_counter() + (args.stop_after or math.inf)
     results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(
-        args.jobs,
-        mp_context=multiprocessing.get_context(method),
-        initializer=_init_worker,
-        initargs=(1,),
-    ) as pool:
-        order = sorted(
-            range(len(jobs)),
-            key=lambda i: (
-                jobs[i].seed,
-                VARIANTS[jobs[i].variant] is None,
-                jobs[i].dataset != "snips",
-                jobs[i].chars == 0,
-            ),
-        )
-        futures = {pool.submit(run_cached, jobs[i], args.device, cache_dir): i for i in order}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
+    queue = sorted(
+        range(len(jobs)),
+        key=lambda i: (
+            jobs[i].seed,
+            VARIANTS[jobs[i].variant] is None,
+            jobs[i].dataset != "snips",
+            jobs[i].chars == 0,
+        ),
+        reverse=True,  # popped from the end
+    )
+    with process_pool(args.jobs, method, initializer=_init_worker, initargs=(1,)) as pool:
+        running: dict[Future[dict[str, Any]], int] = {}
+        while queue or running:
+            # submit only what a worker can start now, so that nothing starts after the
+            # deadline (a pool queues one job more than it has workers)
+            while queue and len(running) < args.jobs and time.perf_counter() < deadline:
+                i = queue.pop()
+                running[pool.submit(run_cached, jobs[i], args.device, cache_dir)] = i
+            if not running:
+                break
+            done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
             for fut in done:
-                if fut.cancelled():
-                    continue
-                r = results[futures[fut]] = fut.result()
+                r = results[running.pop(fut)] = fut.result()
                 print(
                     f"done {r['dataset']} {r['base']} chars={r['chars']} {r['variant']} "
                     f"seed {r['seed']}: "
@@ -452,9 +451,6 @@ def run_all(
                     flush=True,
                 )
                 on_result([results[i] for i in sorted(results)])
-            if time.perf_counter() > deadline:
-                for fut in pending:
-                    fut.cancel()  # only jobs that have not started
     if len(results) < len(jobs):
         print(f"stopped: {len(jobs) - len(results)} of {len(jobs)} jobs not run", flush=True)
     return [results[i] for i in sorted(results)]
@@ -593,4 +589,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _harness import cached, markdown, parser, setup, write_out
+from _harness import cached, markdown, parser, run_main, setup, write_out
 
 from taskrel.decisions.crossfit import RULES
 from taskrel.decisions.evaluate import DecisionReport, evaluate_decisions, random_subsets
@@ -450,4 +450,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

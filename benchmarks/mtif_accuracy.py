@@ -77,7 +77,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from _harness import cached, machine_load, markdown, mean_std, parser, pm, setup, write_out
+from _harness import (
+    cached,
+    machine_load,
+    markdown,
+    mean_std,
+    parser,
+    pm,
+    run_main,
+    setup,
+    write_out,
+)
 from scaling import measured
 from torch import Tensor
 
@@ -666,4 +676,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

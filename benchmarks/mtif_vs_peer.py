@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _harness import cached, mean_std, parser, setup, write_out
+from _harness import cached, mean_std, parser, run_main, setup, write_out
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
@@ -367,4 +367,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _harness import mean_std
+from _harness import mean_std, run_main
 from relatedness_recovery import ADAM, EXACT, FEEDBACK_MAX_TASKS, MODEL, pm, warm_up
 from scipy.stats import spearmanr
 
@@ -542,4 +542,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -32,7 +32,18 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from _harness import EXACT, cached, markdown, mean_std, parser, pm, progress, setup, write_out
+from _harness import (
+    EXACT,
+    cached,
+    markdown,
+    mean_std,
+    parser,
+    pm,
+    progress,
+    run_main,
+    setup,
+    write_out,
+)
 
 from taskrel.pipelines.selection import OPTIMISTIC, SETTINGS, select_data
 from taskrel.relatedness import RelateContext
@@ -169,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

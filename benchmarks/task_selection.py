@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _harness import cached, markdown, mean_std, parser, pm, setup, write_out
+from _harness import cached, markdown, mean_std, parser, pm, run_main, setup, write_out
 
 from taskrel.decisions.evaluate import t_interval
 from taskrel.pipelines.task_selection import select_tasks
@@ -111,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,12 +38,11 @@ Usage::
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _harness import cached, markdown, parser, setup, write_out
+from _harness import cached, markdown, parser, run_main, setup, write_out
 
 from taskrel.data import load
 from taskrel.data.taskset import TaskSet
@@ -366,4 +365,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

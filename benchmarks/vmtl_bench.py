@@ -38,6 +38,9 @@ test (``scipy.stats.binomtest`` on wins among non-ties) and a paired t-test
 (``scipy.stats.ttest_1samp`` on the differences, the same as ``ttest_rel``). JSON:
 ``report["paired"][split]``.
 
+The "best at last epoch" column counts the selected runs whose best validation epoch was
+their last one: validation was still improving, so more epochs could change the figure.
+
 Regression targets are standardised with the pooled training mean/std (RMSE is reported in
 original units). Timings are wall seconds of one training run, on a shared machine
 (noisy): compare them as ratios within one run. Every process uses one torch thread.
@@ -63,12 +66,12 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from _harness import mean_std, parser, setup, write_out
+from _harness import mean_std, parser, progress, run_main, setup, write_out
 from scipy import stats
 
 VAL_NOTE = (
@@ -139,6 +142,13 @@ class Outcome:
     seconds: float
     best_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 0  # epochs run (0: not recorded, in runs cached before it was)
+
+    def at_last_epoch(self) -> bool | None:
+        """Whether the restored (best validation) epoch is the last one, i.e. validation
+        was still improving when training stopped (None: epochs not known)."""
+        epochs = self.epochs or (self.job.epochs if self.job.min_steps == 0 else 0)
+        return self.best_epoch >= epochs if epochs else None
 
 
 def carve_validation(taskset: Any, frac: float, seed: int) -> Any:
@@ -216,7 +226,7 @@ def run_job(job: Job) -> Outcome:
     # regression: -MSE (a per-task explained variance on a handful of rows is noise)
     vs = summarize(val) if val else {"loss": math.nan, "accuracy": math.nan}  # no val split
     score = -vs["loss"] if regression else vs["accuracy"]
-    return Outcome(job, score, test, seconds, result.best_epoch, extra)
+    return Outcome(job, score, test, seconds, result.best_epoch, extra, epochs)
 
 
 def digest(job: Job) -> str:
@@ -243,19 +253,24 @@ def run_all(jobs: Sequence[Job], args: argparse.Namespace) -> list[Outcome]:
     done = {d: cache.get(d) for d in set(digests) if cache is not None and d in cache}
     todo = {d: j for d, j in zip(digests, jobs, strict=True) if d not in done}
 
-    def finish(key: str, outcome: Outcome) -> None:
-        done[key] = outcome
-        if cache is not None:
-            cache.put(key, outcome)
+    with progress("vmtl_bench trainings", len(todo)) as report:
 
-    if args.workers <= 1:
-        for key, job in todo.items():
-            finish(key, run_job(job))
-    else:  # cache each run as soon as it finishes, whatever the order
-        with ProcessPoolExecutor(args.workers) as pool:
-            futures = {pool.submit(run_job, job): key for key, job in todo.items()}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+        def finish(key: str, outcome: Outcome) -> None:
+            done[key] = outcome
+            if cache is not None:
+                cache.put(key, outcome)
+            report.advance()
+
+        if args.workers <= 1:
+            for key, job in todo.items():
+                finish(key, run_job(job))
+        else:  # cache each run as soon as it finishes, whatever the order
+            from taskrel.execution import process_pool
+
+            with process_pool(args.workers, "fork") as pool:
+                futures = {pool.submit(run_job, job): key for key, job in todo.items()}
+                for future in as_completed(futures):
+                    finish(futures[future], future.result())
     # a run shared by several rows is reported under each row's own job
     return [replace(done[d], job=j) for d, j in zip(digests, jobs, strict=True)]
 
@@ -351,9 +366,16 @@ def summarise(
         }
         tasks = list(next(iter(chosen.values()))[0].test)
         many = len(tasks) > 12
-        head = ["method", "grid", *([] if many else tasks), f"average {metric}", "train s/run"]
+        head = [
+            "method",
+            "grid",
+            *([] if many else tasks),
+            f"average {metric}",
+            "best at last epoch",
+            "train s/run",
+        ]
         if metric == "explained_variance":
-            head.insert(-1, "average RMSE")
+            head.insert(-2, "average RMSE")
         print(f"\n### {title}, {frac:.0%} training ({len(chosen[methods[0].label])} seeds)\n")
         print(f"_{VAL_NOTE}_\n")
         print("| " + " | ".join(head) + " |")
@@ -364,6 +386,7 @@ def summarise(
             per_task = {t: mean_std([o.test[t][metric] for o in runs]) for t in tasks}
             avg = mean_std([np.mean([o.test[t][metric] for t in tasks]) for o in runs])
             secs = mean_std([o.seconds for o in runs])
+            last = [o.at_last_epoch() for o in runs]
             row: dict[str, Any] = {
                 "per_task_mean_std": per_task,
                 "average_mean_std": avg,
@@ -375,6 +398,7 @@ def summarise(
                 "chosen_overrides": [o.job.overrides for o in runs],
                 "val_score": [o.val_score for o in runs],
                 "best_epoch": [o.best_epoch for o in runs],
+                "best_at_last_epoch": last,
                 "train_seconds_mean_std": secs,
                 "grid_size": m.grid_size,
             }
@@ -388,6 +412,7 @@ def summarise(
                 rmse = mean_std([np.mean([o.test[t]["rmse"] for t in tasks]) for o in runs])
                 row["average_rmse_mean_std"] = rmse
                 cells.append(fmt(rmse, 1.0, 3))
+            cells.append("–" if None in last else f"{sum(map(bool, last))}/{len(last)}")
             cells.append(f"{secs['mean']:.1f}")
             print("| " + " | ".join(cells) + " |")
             if runs and runs[0].extra:
@@ -815,4 +840,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

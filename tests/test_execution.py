@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import taskrel.execution
 from taskrel.execution import Job, LocalExecutor, ResultCache, canonical
 
 MARKERS = "TASKREL_TEST_MARKERS"
@@ -181,6 +182,72 @@ def test_a_failing_job_raises_and_keeps_finished_results(tmp_path: Path, markers
     with pytest.raises(ValueError, match="seed 2 fails"):
         LocalExecutor(workers=1).map(jobs, cache=tmp_path)
     assert len(ResultCache(tmp_path)) == 2  # the jobs before the failure are kept
+
+
+# -- stopping a pool ----------------------------------------------------------------------
+def sleep_then_mark(folder: str, seconds: float, ignore_sigterm: bool = False) -> int:
+    """Write ``started-PID``, sleep, then write ``finished``; returns the PID."""
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(folder, f"started-{os.getpid()}").touch()
+    time.sleep(seconds)
+    Path(folder, "finished").touch()
+    return os.getpid()
+
+
+def once_started(folder: str, fail: bool) -> None:
+    """Return (or raise, if ``fail``) as soon as a ``sleep_then_mark`` job has started."""
+    deadline = time.monotonic() + 60
+    while not list(Path(folder).glob("started-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if fail:
+        raise ValueError("job fails while another runs")
+
+
+def worker_pids(folder: Path) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in folder.glob("started-*")]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_failing_job_stops_the_running_ones_instead_of_waiting(tmp_path: Path) -> None:
+    jobs = [
+        Job(sleep_then_mark, {"folder": str(tmp_path), "seconds": 30.0}),
+        Job(once_started, {"folder": str(tmp_path), "fail": True}),
+    ]
+    with pytest.raises(ValueError, match="fails while another runs"):
+        LocalExecutor(workers=2).map(jobs)
+    pids = worker_pids(tmp_path)
+    assert len(pids) == 1
+    assert not (tmp_path / "finished").exists()  # stopped, not waited for
+    assert not is_running(pids[0])
+
+
+def test_an_interrupted_sweep_kills_a_worker_that_ignores_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(taskrel.execution, "TERMINATE_GRACE_S", 0.5)
+    jobs = [
+        Job(sleep_then_mark, {"folder": str(tmp_path), "seconds": 30.0, "ignore_sigterm": True}),
+        Job(once_started, {"folder": str(tmp_path), "fail": False}),
+    ]
+
+    def interrupt_after_first(done: int, total: int) -> None:
+        if done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(workers=2).map(jobs, progress=interrupt_after_first)
+    pids = worker_pids(tmp_path)
+    assert len(pids) == 1
+    assert not (tmp_path / "finished").exists()
+    assert not is_running(pids[0])
 
 
 # -- a killed and restarted sweep ----------------------------------------------------------

@@ -15,7 +15,7 @@ run once. Results come back in job order whatever the completion order, so a res
 sweep returns exactly what an uninterrupted one does.
 
 Backends: :class:`LocalExecutor` (``workers=1`` runs in-process; more workers use a
-process pool with the ``spawn`` start method) and :class:`RayExecutor` (a real Ray
+:func:`process_pool` with the ``spawn`` start method) and :class:`RayExecutor` (a real Ray
 cluster: an existing one by address, or a local one started on demand).
 """
 
@@ -31,7 +31,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from multiprocessing import get_context
@@ -210,8 +210,10 @@ class Executor(ABC):
         Cached results are reused; each new result is written to the cache as soon as its
         job finishes. Jobs with equal keys run once. ``progress(done, total)`` is called
         once before running and after each finished job (``total`` counts distinct keys).
-        If a job fails, the jobs not yet started are cancelled, finished results stay
-        cached, and the job's exception is raised.
+        If a job fails or the sweep is interrupted (Ctrl-C, SIGTERM, ``progress``
+        raising), the jobs not yet started are cancelled, finished results stay cached,
+        and the exception is raised; a local pool also stops its running jobs
+        (:func:`process_pool`) instead of waiting for them.
         """
         store = ResultCache(cache) if isinstance(cache, str | Path) else cache
         first: dict[str, int] = {}
@@ -241,6 +243,52 @@ class Executor(ABC):
         """Yield ``(id, result)`` as jobs finish (any order)."""
 
 
+TERMINATE_GRACE_S = 10.0
+"""Seconds a terminated worker gets to stop (a training saves its checkpoint on SIGTERM)
+before it is killed."""
+
+
+@contextmanager
+def process_pool(
+    workers: int,
+    start_method: str = "spawn",
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``workers`` processes that is stopped, not waited for, when the block is
+    left by an exception.
+
+    Leaving the block normally waits for the submitted jobs, as ``with
+    ProcessPoolExecutor()`` does. Leaving it by an exception (a failed job, Ctrl-C,
+    SIGTERM turned into ``KeyboardInterrupt``, a consumer abandoning a generator that
+    holds the pool) cancels the jobs not yet started and sends SIGTERM to the workers, so
+    that a training in progress saves its checkpoint and stops; a worker still alive
+    :data:`TERMINATE_GRACE_S` seconds later is killed. ``concurrent.futures`` alone would
+    wait for every running job to finish, which for a training can take an hour, and a
+    worker that handles SIGTERM would go on to the next queued job."""
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=get_context(start_method),
+        initializer=initializer,
+        initargs=initargs,
+    )
+    try:
+        yield pool
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(TERMINATE_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class LocalExecutor(Executor):
     """In-process (``workers=1``) or a pool of ``workers`` processes (None: one per CPU)."""
 
@@ -256,13 +304,11 @@ class LocalExecutor(Executor):
             for i, job in zip(ids, jobs, strict=True):
                 yield i, job.run()
             return
-        pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=get_context("spawn"))
-        try:
+        # a failed job or an abandoned sweep stops the workers (see process_pool)
+        with process_pool(min(self.workers, len(jobs))) as pool:
             futures = {pool.submit(_run_job, job): i for i, job in zip(ids, jobs, strict=True)}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
-        finally:  # a failed job or an abandoned sweep: start no further jobs
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor(Executor):

@@ -11,6 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """Signal handler: raise KeyboardInterrupt, as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM raises KeyboardInterrupt (main thread only; elsewhere a
@@ -19,10 +24,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
     finally:
