@@ -30,7 +30,6 @@ from taskrel.progress import Progress
 from taskrel.progress import progress as reporter
 from taskrel.runs import environment_info
 from taskrel.signals import raise_interrupt
-from taskrel.training.trainer import TrainingInterrupted
 
 EXACT: dict[str, Any] = {
     "optimizer": "lbfgs",
@@ -66,7 +65,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         status = main()
-    except (KeyboardInterrupt, TrainingInterrupted):  # a training turns Ctrl-C into the latter
+    except KeyboardInterrupt:  # a training's TrainingInterrupted included
         print(
             "interrupted: finished units are cached; run the same command to resume",
             file=sys.stderr,

@@ -32,7 +32,7 @@ from taskrel.errors import ConfigError
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.ground_truth import train_model
 from taskrel.training.metrics import evaluate
-from taskrel.training.trainer import TrainConfig
+from taskrel.training.trainer import TrainConfig, TrainingInterrupted
 
 CONVEX = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
 EXACT = TrainConfig(optimizer="lbfgs", lr=1.0, epochs=2, patience=None, dtype="float64")
@@ -71,6 +71,26 @@ class Broken(RetrainPredictor):
 
     def _fit(self, taskset: TaskSet, ctx: RelateContext) -> None:
         raise ConfigError("broken on purpose")
+
+
+class Interrupted(RetrainPredictor):
+    """A predictor whose training is interrupted (Ctrl-C or SIGTERM during its fit)."""
+
+    def _fit(self, taskset: TaskSet, ctx: RelateContext) -> None:
+        raise TrainingInterrupted(None, 3)
+
+
+def test_an_interrupted_predictor_stops_the_evaluation_instead_of_being_left_out(
+    synthetic_reg: TaskSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(PREDICTORS, "interrupted", f"{__name__}:Interrupted")
+    with pytest.raises(TrainingInterrupted, match="after epoch 3"):
+        evaluate_decisions(
+            [synthetic_reg.select_tasks([0, 1, 2])],
+            context(tmp_path),
+            ["interrupted", "retrain"],
+            skip_failures=True,
+        )
 
 
 def test_the_exact_predictor_reproduces_the_oracle(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -47,6 +48,9 @@ def test_interrupt_and_resume_reach_the_uninterrupted_result(
         fit(synthetic_cls, "hard", config, FAST, checkpoint=ckpt, on_epoch=stop_at_5)
     assert info.value.epoch == 5  # the interrupt came after epoch 5 was complete
     assert load_checkpoint(ckpt)["epoch"] == 5
+    assert isinstance(info.value, KeyboardInterrupt)  # `except Exception` lets it through
+    copy = pickle.loads(pickle.dumps(info.value))  # as a worker process sends it back
+    assert (copy.checkpoint, copy.epoch, str(copy)) == (ckpt, 5, str(info.value))
     seed_everything(123)  # resuming must not depend on the global RNG state
     model = build_model("hard", synthetic_cls, config)
     resumed = train(model, synthetic_cls, FAST, checkpoint=ckpt, resume=True)

@@ -73,7 +73,7 @@ def interrupted_line(session: Session, argv: list[str], detail: str = "") -> str
     return f"{head}; partial results are in {session.run_dir}; run it again with a new --out"
 
 
-def _training_interrupted(err: BaseException) -> bool:
+def _training_interrupted(err: BaseException | None) -> bool:
     trainer = sys.modules.get("taskrel.training.trainer")
     return trainer is not None and isinstance(err, trainer.TrainingInterrupted)
 
@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt(), shown():  # progress: a bar on a terminal, else lines
             status = load_app()(args=args, prog_name="taskrel", standalone_mode=False)
-    except KeyboardInterrupt:  # before typer took over (imports) or after it returned
-        status = 130
-    except typer.Abort:
+    except (KeyboardInterrupt, typer.Abort) as err:  # Ctrl-C, SIGTERM (click: Abort)
+        interrupt = err if _training_interrupted(err) else err.__cause__
+        if SESSION.command == "train" and _training_interrupted(interrupt):
+            # elsewhere the epoch is that of one retraining among many
+            detail = f"after epoch {getattr(interrupt, 'epoch', '?')}"
         status = 130
     except RunComplete as done:
         print(f"taskrel: {done}", file=sys.stderr)
@@ -139,12 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"taskrel: error: {format_validation_error(err)}", file=sys.stderr)
             _cleanup(SESSION)
             return 2
-        if not _training_interrupted(err):
-            _cleanup(SESSION)
-            raise
-        if SESSION.command == "train":  # elsewhere the epoch is that of one retraining
-            detail = f"after epoch {getattr(err, 'epoch', '?')}"
-        status = 130
+        _cleanup(SESSION)
+        raise
     status = 0 if status is None else int(status)
     if status == 130:
         print(interrupted_line(SESSION, args, detail), file=sys.stderr)

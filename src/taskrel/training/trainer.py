@@ -124,14 +124,22 @@ def resolve_train_config(config: TrainConfig, model: MTLModel) -> TrainConfig:
     return config.model_copy(update={"optimizer": optimizer, "lr": lr, "dtype": dtype})
 
 
-class TrainingInterrupted(Exception):
-    """Training was interrupted; the checkpoint (if any) holds the last finished epoch."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted; the checkpoint (if any) holds the last finished epoch.
+
+    A ``KeyboardInterrupt``, as the Ctrl-C or SIGTERM it stands for: code that catches
+    ``Exception`` to skip a failed unit (a predictor, a method) lets it through, so an
+    interruption stops the whole computation instead of being reported as a failure. It
+    pickles with its fields, so it crosses process boundaries (worker pools, Ray)."""
 
     def __init__(self, checkpoint: Path | None, epoch: int) -> None:
         where = f"checkpoint {checkpoint} (epoch {epoch})" if checkpoint else "no checkpoint"
         super().__init__(f"training interrupted after epoch {epoch}; {where}")
         self.checkpoint = checkpoint
         self.epoch = epoch
+
+    def __reduce__(self) -> tuple[type[TrainingInterrupted], tuple[Path | None, int]]:
+        return type(self), (self.checkpoint, self.epoch)
 
 
 @dataclass
