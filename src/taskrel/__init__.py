@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from taskrel.models.vmtl import VMTL
     from taskrel.pipelines.compare import compare
     from taskrel.pipelines.selection import select_data
-    from taskrel.relatedness import METHODS, RelateContext, agreement, relate
+    from taskrel.relatedness import METHODS, RelateContext, relate
     from taskrel.relatedness.adapter import ModuleAdapter, mtif
+    from taskrel.relatedness.agreement import agreement
     from taskrel.relatedness.result import Relatedness
     from taskrel.training import TrainConfig, TrainResult, evaluate, fit, train
 
@@ -63,7 +64,7 @@ _LAZY = {
     "SoftSharing": "taskrel.models.sharing",
     "METHODS": "taskrel.relatedness",
     "RelateContext": "taskrel.relatedness",
-    "agreement": "taskrel.relatedness",
+    "agreement": "taskrel.relatedness.agreement",
     "relate": "taskrel.relatedness",
     "Relatedness": "taskrel.relatedness.result",
     "ModuleAdapter": "taskrel.relatedness.adapter",

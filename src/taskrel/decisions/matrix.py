@@ -47,7 +47,7 @@ def probe_train_config(taskset: TaskSet, ctx: RelateContext) -> TrainConfig:
     optimiser (L-BFGS, Newton), whose few steps leave nothing to record."""
     with torch.random.fork_rng(devices=[]):
         model = build_model(ctx.model, taskset, ctx.model_config)
-    cfg = resolve_train_config(ctx.train_config, model)
+    cfg = resolve_train_config(ctx.train_config, model, taskset)
     if cfg.optimizer not in EXACT_OPTIMIZERS:
         return cfg
     return TrainConfig(**PROBE_TRAINING, seed=cfg.seed, dtype=cfg.dtype)

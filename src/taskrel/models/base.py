@@ -157,6 +157,12 @@ class MTLModel(nn.Module):
         """Regularisation term of the objective (a scalar); zero by default."""
         return torch.zeros((), device=self._device())
 
+    dropped_tasks: frozenset[int] = frozenset()
+    """Tasks whose data terms the training objective leaves out (their parameters then feel
+    only the penalty), as set by a retraining without them
+    (:func:`taskrel.relatedness.ground_truth.train_model`); the sample-space Newton step
+    (:mod:`taskrel.training.newton`) gives their rows weight 0."""
+
     row_mean_objective: bool = True
     """Whether :meth:`objective` is, per task, the mean over the batch's rows of a per-row
     term, plus a term of the parameters alone. Then, when every task's batch holds the same

@@ -140,8 +140,10 @@ def _read_snapshot(path: Path) -> TaskSet:
 # -- training ----------------------------------------------------------------------------------
 def _drop_task_terms(model: MTLModel, tasks: frozenset[int]) -> None:
     """Remove the data terms of ``tasks`` from ``model``'s training objective (their
-    parameters then feel only the penalty); the model instance is changed in place."""
+    parameters then feel only the penalty) and record them in ``model.dropped_tasks``; the
+    model instance is changed in place."""
     full = model.objective
+    model.dropped_tasks = tasks
 
     def objective(batches: Sequence[Batch]) -> tuple[Tensor, dict[str, float]]:
         return full([b for b in batches if b.task not in tasks])

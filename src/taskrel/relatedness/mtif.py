@@ -52,7 +52,7 @@ from torch.func import functional_call, grad
 from taskrel import notices
 from taskrel.data.taskset import SplitName, TaskSet
 from taskrel.errors import ConfigError, NotApplicableError
-from taskrel.models.base import MTLModel
+from taskrel.models.base import Batch, MTLModel
 from taskrel.models.sharing import HardSharing, SoftSharing
 from taskrel.progress import progress
 from taskrel.relatedness import small_path, woodbury
@@ -121,17 +121,36 @@ class MTLFunctions:
         taskset: TaskSet,
         dtype: torch.dtype = torch.float64,
     ) -> None:
+        self._bind(model, dtype)
+        self.n_tasks = len(taskset)
+        self.train = [self._tensors(task.arrays("train"), dtype) for task in taskset.tasks]
+        self.test = [self._tensors(task.arrays("test"), dtype) for task in taskset.tasks]
+
+    @classmethod
+    def from_batches(cls, model: MTLModel, batches: Sequence[Batch]) -> MTLFunctions:
+        """The model at its current parameters with ``batches`` (one per task, in task
+        order, e.g. the trainer's full batches) as training split and an empty test split,
+        in the dtype of the batches' features (no copy of the data)."""
+        if [b.task for b in batches] != list(range(len(model.tasks))):
+            raise ValueError("from_batches needs one batch per task, in task order")
+        fns = cls.__new__(cls)
+        fns._bind(model, batches[0].x.dtype)
+        fns.n_tasks = len(batches)
+        fns.train = [(b.x, b.y) for b in batches]
+        fns.test = [(b.x[:0], b.y[:0]) for b in batches]
+        return fns
+
+    def _bind(self, model: MTLModel, dtype: torch.dtype) -> None:
+        """The model's functions and its parameters as ``theta`` in ``dtype`` (the model
+        is put in eval mode)."""
         model.eval()
         self.model = model
-        self.n_tasks = len(taskset)
         params = {n: p.detach().to(dtype) for n, p in model.named_parameters()}
         self.space = ParamSpace.from_params(params)
         self.theta = self.space.flatten(params)
         self._loss = _Method(model, "loss")
         self._forward = _Method(model, "forward")
         self._penalty = _Method(model, "penalty")
-        self.train = [self._tensors(task.arrays("train"), dtype) for task in taskset.tasks]
-        self.test = [self._tensors(task.arrays("test"), dtype) for task in taskset.tasks]
 
     @staticmethod
     def _tensors(

@@ -90,6 +90,11 @@ directions L-BFGS is slow in are those of tiny penalties, which hardly move pred
 
 
 def _candidate_config(cfg: TrainConfig, model: MTLModel) -> TrainConfig:
+    """The candidates' training: without the task set, ``'auto'`` resolves to L-BFGS above
+    the dense Newton bound (not the sample-space Newton step of the final fit), run with
+    :data:`CANDIDATE_LBFGS`: a few significant digits of each validation loss in a few
+    iterations, where the sample-space step would need a dozen factorisations per
+    candidate."""
     resolved = resolve_train_config(cfg, model)
     return (
         resolved.model_copy(update=CANDIDATE_LBFGS) if resolved.optimizer == "lbfgs" else resolved

@@ -37,9 +37,16 @@ from taskrel.signals import sigterm_as_interrupt
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
 from taskrel.training.convergence import gradient_check
 from taskrel.training.metrics import as_model_input, task_losses
-from taskrel.training.newton import NEWTON_MAX_PARAMS, newton_size, newton_step
+from taskrel.training.newton import (
+    NEWTON_MAX_PARAMS,
+    NEWTON_MAX_ROWS,
+    newton_size,
+    newton_step,
+    sample_space_rows,
+)
 from taskrel.validation import check_options
 
+OptimizerName = Literal["adam", "sgd", "lbfgs", "newton"]
 EXACT_OPTIMIZERS = ("lbfgs", "newton")
 """Full-batch optimisers that run to the optimum (no early stopping, last iterate kept)."""
 
@@ -59,7 +66,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(100, ge=1, description="maximum number of epochs")
-    optimizer: Literal["auto", "adam", "sgd", "lbfgs", "newton"] = Field(
+    optimizer: Literal["auto"] | OptimizerName = Field(
         "auto",
         description="'auto': for models convex in their parameters Newton (up to 4096 "
         "parameters; per task for single-task models) or full-batch L-BFGS, Adam otherwise",
@@ -105,23 +112,35 @@ class TrainConfig(BaseModel):
     )
 
 
-def resolve_train_config(config: TrainConfig, model: MTLModel) -> TrainConfig:
+def resolve_train_config(
+    config: TrainConfig, model: MTLModel, taskset: TaskSet | None = None
+) -> TrainConfig:
     """``config`` with its ``'auto'``/unset fields made concrete for ``model``:
     ``optimizer`` (when ``model.convex``: Newton up to
     :data:`~taskrel.training.newton.NEWTON_MAX_PARAMS` parameters — per task for a separable
-    model, :func:`~taskrel.training.newton.newton_size` — else L-BFGS; Adam for
-    other models), ``lr`` (1.0 for L-BFGS and Newton, 1e-2 otherwise) and ``dtype``
-    (float64 with L-BFGS and Newton, else float32)."""
+    model, :func:`~taskrel.training.newton.newton_size` — and, given ``taskset``, above it
+    with the sample-space solve up to :data:`~taskrel.training.newton.NEWTON_MAX_ROWS`
+    rows where that applies (:func:`~taskrel.training.newton.sample_space_rows`); else
+    L-BFGS; Adam for other models), ``lr`` (1.0 for L-BFGS and Newton, 1e-2 otherwise) and
+    ``dtype`` (float64 with L-BFGS and Newton, else float32)."""
     optimizer = config.optimizer
     if optimizer == "auto":
-        small = newton_size(model) <= NEWTON_MAX_PARAMS
-        optimizer = ("newton" if small else "lbfgs") if model.convex else "adam"
+        optimizer = _auto_optimizer(model, taskset)
     exact = optimizer in EXACT_OPTIMIZERS
     lr = config.lr if config.lr is not None else (1.0 if exact else FIRST_ORDER_LR)
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float64" if exact else "float32"
     return config.model_copy(update={"optimizer": optimizer, "lr": lr, "dtype": dtype})
+
+
+def _auto_optimizer(model: MTLModel, taskset: TaskSet | None) -> OptimizerName:
+    if not model.convex:
+        return "adam"
+    if newton_size(model) <= NEWTON_MAX_PARAMS:
+        return "newton"
+    rows = sample_space_rows(model, taskset) if taskset is not None else None
+    return "newton" if rows is not None and rows <= NEWTON_MAX_ROWS else "lbfgs"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -299,7 +318,7 @@ def train(
     Raises:
         TrainingInterrupted: on Ctrl-C/SIGTERM, after writing the checkpoint.
     """
-    cfg = resolve_train_config(config or TrainConfig(), model)
+    cfg = resolve_train_config(config or TrainConfig(), model, taskset)
     exact = cfg.optimizer in EXACT_OPTIMIZERS
     ckpt = Path(checkpoint) if checkpoint is not None else None
     dtype = getattr(torch, cfg.dtype)
