@@ -119,16 +119,17 @@ def sample_space_rows(model: MTLModel, taskset: TaskSet) -> int | None:
 def _sample_space(model: MTLModel, batches: Sequence[Batch]) -> KernelOperator | None:
     """The sample-space form of the Hessian of ``model.objective(batches)`` at the current
     parameters (tasks in ``model.dropped_tasks`` with weight 0), or None where it does not
-    apply: a model not linear in its parameters, a penalty Hessian that is not diagonal,
-    frozen parameters (:func:`taskrel.relatedness.woodbury.not_applicable_reason`), or an
-    objective whose Hessian-vector product on a random direction differs from the form's
-    (an objective changed in a way the form does not know). The model's train/eval mode is
-    kept."""
+    apply: a model not linear in its parameters, a penalty Hessian that is not diagonal
+    (:func:`taskrel.relatedness.woodbury.not_applicable_reason`), frozen parameters or
+    parameters off the CPU, or an objective whose Hessian-vector product on a random
+    direction differs from the form's (an objective changed in a way the form does not
+    know). The model's train/eval mode is kept."""
     from taskrel.errors import ConfigError, NotApplicableError
     from taskrel.relatedness.mtif import MTLFunctions, structure_for
     from taskrel.relatedness.woodbury import SampleSpace
 
-    if not model.convex or not all(p.requires_grad for p in model.parameters()):
+    params = list(model.parameters())
+    if not model.convex or not all(p.requires_grad and p.device.type == "cpu" for p in params):
         return None
     was_training = model.training
     try:
