@@ -68,6 +68,17 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def _wait_for_torch_import(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Return once ``proc`` has mapped torch's C library (its import is under way: the
+    interpreter and taskrel's entry point are up), whatever the machine's load."""
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if "libtorch" in maps.read_text():
+            return
+        time.sleep(0.002)
+    raise AssertionError("the CLI process never started importing torch")
+
+
 def test_ctrl_c_during_a_computation_exits_130_with_one_resume_line(tmp_path: Path) -> None:
     proc = _start(["relate", "--method", "mtif", "--data", "synthetic", "--out", "r"], tmp_path)
     deadline = time.time() + 120
@@ -88,7 +99,7 @@ def test_ctrl_c_during_a_computation_exits_130_with_one_resume_line(tmp_path: Pa
 
 def test_ctrl_c_while_importing_exits_130_without_traceback(tmp_path: Path) -> None:
     proc = _start(["compare", "--data", "synthetic"], tmp_path)
-    time.sleep(0.3)  # the interpreter is up; the command modules are being imported
+    _wait_for_torch_import(proc)  # the command modules are being imported
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
