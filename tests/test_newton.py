@@ -138,3 +138,20 @@ def test_an_objective_the_sample_space_form_does_not_know_falls_back(
     assert newton._sample_space(model, batches) is None
     model.dropped_tasks = frozenset({0})  # declared, but not what the objective does
     assert newton._sample_space(model, batches) is None
+
+
+def test_few_wide_rows_take_the_sample_space_step_below_the_dense_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskrel.data import load
+    from taskrel.training import newton
+
+    wide = load("synthetic", n_per_task=20, n_features=40, train=0.5, val=0.2, seed=0)
+    forms: list[object] = []
+    form = newton._sample_space
+    monkeypatch.setattr(newton, "_sample_space", lambda m, b: forms.append(form(m, b)) or forms[-1])
+    result = fit(wide, "hard", {"l2": 1e-2, "l2_task": 1e-1})
+    assert result.config is not None and result.config.optimizer == "newton"
+    assert newton_size(result.model) <= newton.NEWTON_MAX_PARAMS
+    assert forms and all(f is not None for f in forms)  # R <= p: every step in the sample space
+    assert result.convergence["relative"] < 1e-9
