@@ -17,10 +17,10 @@ curvature direction: ``C - 1`` for a softmax over ``C`` classes), by Woodbury's 
 (:class:`taskrel.relatedness.woodbury.SampleSpace`, MTIF's exact solver), in ``O(R^2 p +
 R^3)`` time and ``O(R^2)`` memory. That is the method of choice with many features and few
 examples, where full-batch L-BFGS crawls: office-caltech's hard sharing (40,040 parameters,
-R = 4,563 at 20% training) reaches a relative gradient of 2e-8 in 16 Newton steps (19 s on
-one core) where 100 L-BFGS epochs (60 s) stop at 1.4e-6. The trainer picks it up to
-:data:`NEWTON_MAX_ROWS` rows (:func:`sample_space_rows`; L-BFGS above, or when the form
-does not apply).
+R = 1,143 at 5% training) reaches a relative gradient of 4e-9 in 12 Newton steps (2.2 s on
+one core) where L-BFGS stalls at 1.7e-7 after 38 epochs (32 s), mean of 3 seeds. The
+trainer picks it up to :data:`NEWTON_MAX_ROWS` rows (:func:`sample_space_rows`; L-BFGS
+above, or when the form does not apply).
 """
 
 from __future__ import annotations
@@ -45,10 +45,13 @@ it the trainer uses the sample-space step where it applies, else L-BFGS, which c
 ill-conditioned problems: school's hard sharing (139 tasks, 3,920 parameters, small head
 penalty) was still at 2.8e-3 relative gradient after 1,500 iterations (54 s), where one
 Newton step reaches 5e-13 in 4 s."""
-NEWTON_MAX_ROWS = 8192
+NEWTON_MAX_ROWS = 4608
 """Largest number of sample-space rows ``R`` of a Newton step above
 :data:`NEWTON_MAX_PARAMS` (its ``R x R`` float64 kernel, factorised once per step, is at
-most 512 MiB)."""
+most 162 MiB). Measured by ``benchmarks/convex_training.py`` (office-caltech, 3 seeds):
+L-BFGS takes 15 ± 8 times as long at R = 1,143, 8 ± 7 at 2,286 and 1.9 ± 1.6 at 4,563
+(slower on 1 seed of 3), and stalls at relative gradients of 1e-7; the ``R^3``
+factorisation grows faster than L-BFGS's cost beyond."""
 SAMPLE_SPACE_RATIO = 1
 """Below :data:`NEWTON_MAX_PARAMS` the step also solves in the sample space when its rows
 ``R`` (at most) times this are no more than the dense Hessian's side: the dense Hessian
