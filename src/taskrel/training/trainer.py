@@ -60,8 +60,10 @@ class TrainConfig(BaseModel):
     The defaults adapt to the model (see :func:`resolve_train_config`): a model whose
     objective is convex in its parameters (``MTLModel.convex``, e.g. ``hidden=[]``) is
     trained to its optimum in float64 (Newton steps up to 4096 parameters, or 4096 per
-    task for single-task models, full-batch L-BFGS above); any other by Adam in float32
-    with validation-based early stopping."""
+    task for single-task models; above, Newton steps solved in the sample space up to
+    4,608 sample rows where that form applies, :mod:`taskrel.training.newton`; full-batch
+    L-BFGS otherwise); any other by Adam in float32 with validation-based early
+    stopping."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,7 +71,8 @@ class TrainConfig(BaseModel):
     optimizer: Literal["auto"] | OptimizerName = Field(
         "auto",
         description="'auto': for models convex in their parameters Newton (up to 4096 "
-        "parameters; per task for single-task models) or full-batch L-BFGS, Adam otherwise",
+        "parameters, per task for single-task models; above, in the sample space up to 4,608 "
+        "rows where it applies) or full-batch L-BFGS, Adam otherwise",
     )
     lr: float | None = Field(
         None, gt=0.0, description="learning rate (default: 1.0 for L-BFGS, 1e-2 otherwise)"
