@@ -155,3 +155,17 @@ def test_few_wide_rows_take_the_sample_space_step_below_the_dense_bound(
     assert newton_size(result.model) <= newton.NEWTON_MAX_PARAMS
     assert forms and all(f is not None for f in forms)  # R <= p: every step in the sample space
     assert result.convergence["relative"] < 1e-9
+
+
+def test_a_dense_newton_step_over_the_memory_budget_is_refused_before_allocating(
+    synthetic_cls: TaskSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskrel.errors import ConfigError
+    from taskrel.relatedness import influence
+
+    model = build_model("hard", synthetic_cls, {"l2": 0.05, "l2_task": 0.2}).double()
+    batches = TaskSampler(synthetic_cls, 32, 0, torch.float64).full()
+    p = newton_size(model)
+    monkeypatch.setattr(influence, "memory_budget_gb", lambda: 3 * p * p * 8 / 1e9 * 0.99)
+    with pytest.raises(ConfigError, match=f"dense Hessian of {p:,} parameters.*lbfgs"):
+        _damped_step(model, [n for n, _ in model.named_parameters()], batches)

@@ -115,16 +115,18 @@ def newton_size(model: MTLModel) -> int:
 
 def sample_space_rows(model: MTLModel, taskset: TaskSet) -> int | None:
     """Rows ``R`` of the sample-space Newton step of ``model`` on ``taskset``'s training
-    splits, or None when that form does not apply (:func:`_sample_space`)."""
+    splits (the bound :func:`newton_step` compares with :data:`NEWTON_MAX_ROWS`), or None
+    when that form does not apply (:func:`_sample_space`)."""
     from taskrel.training.trainer import TaskSampler
 
     dtype = next(model.parameters()).dtype
+    batches = TaskSampler(taskset, 1, 0, torch.float64).full()
     model.to(torch.float64)  # as the trainer's exact optimisers: the checks are exact to 1e-8
     try:
-        hessian = _sample_space(model, TaskSampler(taskset, 1, 0, torch.float64).full())
+        hessian = _sample_space(model, batches)
     finally:
         model.to(dtype)  # float32 -> float64 -> float32 is exact
-    return None if hessian is None else hessian.rows
+    return None if hessian is None else _rows_bound(model, batches)
 
 
 def _rows_bound(model: MTLModel, batches: Sequence[Batch]) -> int:
@@ -233,7 +235,21 @@ def _damped_step(
 def _dense_direction(objective: Callable[[Tensor], Tensor], theta: Tensor, g: Tensor) -> Tensor:
     """``H^-1 g`` with the dense Hessian of ``objective`` at ``theta`` (Cholesky; the
     minimum-norm solution when ``H`` is singular, e.g. no penalty and more parameters than
-    rows)."""
+    rows).
+
+    Raises:
+        ConfigError: the Hessian would exceed the memory budget
+            (:func:`taskrel.relatedness.influence.memory_budget_gb`)."""
+    from taskrel.relatedness.influence import check_memory, memory_budget_gb
+
+    p = theta.numel()
+    check_memory(
+        f"optimizer='newton' (dense Hessian of {p:,} parameters)",
+        3 * p * p * theta.element_size(),  # the Hessian, its symmetrised copy, the factor
+        memory_budget_gb(),
+        "use optimizer='lbfgs', or a model whose sample-space form applies "
+        "(taskrel.training.newton)",
+    )
     h = jacrev(grad(objective), chunk_size=256)(theta)  # reverse-over-reverse
     h = 0.5 * (h + h.T)
     chol, info = torch.linalg.cholesky_ex(h)
