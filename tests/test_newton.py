@@ -10,6 +10,7 @@ import torch
 
 from taskrel.data.taskset import TaskSet
 from taskrel.models import build_model
+from taskrel.models.base import MTLModel
 from taskrel.training import trainer
 from taskrel.training.convergence import gradient_check
 from taskrel.training.newton import _damped_step, newton_size, newton_step
@@ -57,11 +58,11 @@ def test_auto_trains_single_task_models_by_newton_when_each_task_is_small(
     assert result.convergence["relative"] < 1e-9 and result.epochs_run < 20
 
 
-def _below_the_dense_bound(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> None:
+def _below_the_dense_bound(monkeypatch: pytest.MonkeyPatch, model: MTLModel) -> None:
     """Make ``model`` too large for the dense Newton step (in the trainer and the step)."""
     from taskrel.training import newton
 
-    bound = newton_size(model) - 1  # type: ignore[arg-type]
+    bound = newton_size(model) - 1
     monkeypatch.setattr(newton, "NEWTON_MAX_PARAMS", bound)
     monkeypatch.setattr(trainer, "NEWTON_MAX_PARAMS", bound)
 
