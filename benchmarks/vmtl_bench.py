@@ -12,7 +12,10 @@ Sub-commands (each prints markdown tables and, with ``--out FILE.json``, writes 
   the off-diagonal entries, mass on the own cluster);
 - ``options``: VMTL's reference options on Office-Caltech at 5/10% (the encoder's two ELU
   layers, ``encoder_layers=2``, and class-balanced batches, ``batching="balanced"``), each
-  combination with the same grid, paired against the linear encoder with shuffled batches.
+  combination with the same grid, paired against the linear encoder with shuffled batches;
+- ``prior``: VMTL's prior form (moment, bound, mixture) x test-time prediction (posterior
+  means, sample average) on Office-Caltech at 5/10/20%, for choosing the default on
+  development seeds (``--first-seed 5``) by validation accuracy only.
 
 Baselines: STL, hard sharing, soft sharing, the *pooled* model (one network trained on
 the data of every task, predicting every task with the same output layer; model
@@ -132,6 +135,7 @@ class Job:
     batch_size: int = 32
     features: str = "none"  # "none" or "pooled" feature standardisation
     min_steps: int = 0  # train at least this many optimiser steps (more epochs if needed)
+    holdout_frac: float = 0.0  # training rows set aside, never used for any selection
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Outcome:
     best_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
     epochs: int = 0  # epochs run (0: not recorded, in runs cached before it was)
+    holdout_score: float | None = None  # the job's held-out rows (holdout_frac > 0)
 
     def at_last_epoch(self) -> bool | None:
         """Whether the restored (best validation) epoch is the last one, i.e. validation
@@ -151,12 +156,13 @@ class Outcome:
         return self.best_epoch >= epochs if epochs else None
 
 
-def carve_validation(taskset: Any, frac: float, seed: int) -> Any:
+def carve_validation(taskset: Any, frac: float, seed: int, salt: int = 17) -> Any:
     """Move a random ``frac`` of each task's training rows (at least one when ``frac > 0``
-    and the task has three or more) into its validation split; test rows are untouched."""
+    and the task has three or more) into its validation split (replacing it); test rows
+    are untouched. ``salt`` separates independent carve-outs of the same seed."""
     tasks = []
     for i, task in enumerate(taskset.tasks):
-        rng = np.random.default_rng([seed, i, 17])
+        rng = np.random.default_rng([seed, i, salt])
         order = rng.permutation(task.train_idx)
         n_val = max(1, round(frac * len(order))) if frac > 0 and len(order) >= 3 else 0
         tasks.append(
@@ -173,18 +179,28 @@ def standardize_targets(taskset: Any) -> tuple[Any, float, float]:
     return taskset.with_tasks(tasks), m, s
 
 
-def prepare(job: Job) -> tuple[Any, float]:
-    """The job's task set (split, validation carved, standardised) and the target scale."""
+def prepare(job: Job) -> tuple[Any, float, Any]:
+    """The job's task set (split, validation carved, standardised), the target scale and
+    the held-out view (the same task set with the held-out rows as its validation split;
+    None without ``holdout_frac``). Held-out rows are carved from the training fraction
+    *before* the validation split and are neither trained on nor used for selection."""
     from taskrel.data import load
 
     ts = load(job.data, train=job.frac, seed=job.seed, **job.data_options)
+    held = None
+    if job.holdout_frac > 0:
+        held = carve_validation(ts, job.holdout_frac, job.seed, salt=29)
+        ts = held.with_tasks([replace(t, val_idx=t.val_idx[:0]) for t in held.tasks])
     ts = carve_validation(ts, job.val_frac, job.seed)
     if job.features == "pooled":
         ts = ts.standardize("pooled")
     scale = 1.0
     if ts.tasks[0].kind == "regression":
         ts, _, scale = standardize_targets(ts)
-    return ts, scale
+    if held is not None:
+        rows = [h.val_idx for h in held.tasks]
+        held = ts.with_tasks([replace(t, val_idx=r) for t, r in zip(ts.tasks, rows, strict=True)])
+    return ts, scale, held
 
 
 def run_job(job: Job) -> Outcome:
@@ -195,7 +211,7 @@ def run_job(job: Job) -> Outcome:
     from taskrel.training.trainer import fit
 
     torch.set_num_threads(1)
-    ts, scale = prepare(job)
+    ts, scale, held = prepare(job)
     steps_per_epoch = math.ceil(max(len(t.train_idx) for t in ts.tasks) / job.batch_size)
     epochs = max(job.epochs, math.ceil(job.min_steps / steps_per_epoch))
     start = time.perf_counter()
@@ -226,7 +242,11 @@ def run_job(job: Job) -> Outcome:
     # regression: -MSE (a per-task explained variance on a handful of rows is noise)
     vs = summarize(val) if val else {"loss": math.nan, "accuracy": math.nan}  # no val split
     score = -vs["loss"] if regression else vs["accuracy"]
-    return Outcome(job, score, test, seconds, result.best_epoch, extra, epochs)
+    held_score = None
+    if held is not None:
+        hs = summarize(evaluate(result.model, held, "val"))
+        held_score = -hs["loss"] if regression else hs["accuracy"]
+    return Outcome(job, score, test, seconds, result.best_epoch, extra, epochs, held_score)
 
 
 def digest(job: Job) -> str:
@@ -237,6 +257,8 @@ def digest(job: Job) -> str:
     from taskrel.models import model_class
 
     fields = asdict(job)
+    if not job.holdout_frac:  # keys of runs cached before the field existed stay valid
+        fields.pop("holdout_frac")
     method = fields.pop("method")
     options = {**job.method.options, **fields.pop("overrides")}
     resolved = model_class(job.method.model).Config(**options).model_dump()
@@ -397,6 +419,7 @@ def summarise(
                 "chosen_lr": [o.job.lr for o in runs],
                 "chosen_overrides": [o.job.overrides for o in runs],
                 "val_score": [o.val_score for o in runs],
+                "holdout_score": [o.holdout_score for o in runs],
                 "best_epoch": [o.best_epoch for o in runs],
                 "best_at_last_epoch": last,
                 "train_seconds_mean_std": secs,
@@ -445,13 +468,13 @@ def methods_for(
     extra: bool = True,
 ) -> list[Method]:
     """The compared methods, each with an equal-size grid; every baseline sees the same
-    dropout and width. The VMTL rows: free and amortised heads (the default marked) with
-    the reference's moment prior, and the default heads with the bound prior; every VMTL
-    row (the no-mixing one included) has VMTL's default encoder and batching. Without
-    ``extra`` only the baselines and the default VMTL."""
+    dropout and width. The VMTL rows: free heads with the bound and with the moment prior
+    form, and the reference's model (moment prior, amortised heads), the row with VMTL's
+    defaults marked; every VMTL row (the no-mixing one included) has VMTL's default
+    encoder and batching. Without ``extra`` no amortised heads."""
     from taskrel.models.vmtl import VMTLConfig
 
-    default = VMTLConfig().classifier
+    default = VMTLConfig()
     base = {"hidden": [hidden], "dropout": dropout}
     vm = {"latent": latent, "dropout": dropout, **vmtl_extra}
     heads = {"free": "free heads", "amortized": "amortised heads"}
@@ -464,25 +487,14 @@ def methods_for(
             "Bayesian, N(0,I) priors (vmtl prior=none)", "vmtl", {**vm, "prior": "none"}, lrs, quick
         ),
     ]
-    for kind, name in heads.items():
-        if kind != default and not extra:
+    variants = [("bound", "free"), ("moment", "free"), ("moment", "amortized")]
+    for form, kind in variants:
+        is_default = (form, kind) == (default.prior_form, default.classifier)
+        if not (extra or kind == "free"):
             continue
-        mark = ", default" if kind == default else ""
-        rows.append(
-            tuned(
-                f"VMTL (moment prior, {name}{mark})", "vmtl", {**vm, "classifier": kind}, lrs, quick
-            )
-        )
-    if extra:
-        rows.append(
-            tuned(
-                f"VMTL (bound prior, {heads[default]})",
-                "vmtl",
-                {**vm, "prior_form": "bound"},
-                lrs,
-                quick,
-            )
-        )
+        mark = ", default" if is_default else ""
+        options = {**vm, "prior_form": form, "classifier": kind}
+        rows.append(tuned(f"VMTL ({form} prior, {heads[kind]}{mark})", "vmtl", options, lrs, quick))
     return rows
 
 
@@ -496,9 +508,12 @@ def benchmark(
     title: str,
     features: str = "none",
     pairs: Sequence[tuple[Method, Method]] | None = None,
+    holdout_frac: float = 0.0,
 ) -> dict[str, Any]:
     """Train every (split, seed, method, grid point), select on validation, print the
-    tables and the paired comparisons (``pairs``; default: :func:`default_pairs`)."""
+    tables and the paired comparisons (``pairs``; default: :func:`default_pairs`).
+    ``holdout_frac``: rows of each task's training fraction set aside in every run and
+    scored after selection (:func:`prepare`)."""
     jobs = [
         Job(
             data,
@@ -512,9 +527,10 @@ def benchmark(
             args.val_frac,
             features=features,
             min_steps=args.min_steps,
+            holdout_frac=holdout_frac,
         )
         for f in fracs
-        for s in range(args.seeds)
+        for s in range(args.first_seed, args.first_seed + args.seeds)
         for m in methods
         for lr in m.lrs
         for g in m.grid
@@ -530,6 +546,7 @@ def benchmark(
         epochs=args.epochs,
         min_steps=args.min_steps,
         val_frac=args.val_frac,
+        holdout_frac=holdout_frac,
         n_jobs=len(jobs),
         wall_seconds=time.perf_counter() - start,
         methods={
@@ -560,7 +577,8 @@ def cmd_office_caltech(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_options(args: argparse.Namespace) -> dict[str, Any]:
     """VMTL's reference options on Office-Caltech SURF at 5/10% (quick: 10%): the encoder
     (linear, or two ELU layers before the Bayesian layer) x the batches (the trainer's
-    shuffled ones, or ``per_class=4`` rows per class, task and step), moment prior and free
+    shuffled ones, or ``per_class=4`` rows per class, task and step), moment prior (the
+    default when these were measured) and free
     heads, each with the office-caltech grid; paired against the linear encoder with
     shuffled batches. The row with VMTL's current defaults is marked."""
     from taskrel.models.vmtl import VMTLConfig
@@ -582,6 +600,7 @@ def cmd_options(args: argparse.Namespace) -> dict[str, Any]:
                 "dropout": 0.5,
                 "encoder_layers": layers,
                 "batching": batching,
+                "prior_form": "moment",  # measured before the default became "bound"
             }
             label = f"VMTL ({enc}, {batching} batches{mark})"
             methods.append(tuned(label, "vmtl", options, lrs, args.quick))
@@ -598,6 +617,62 @@ def cmd_options(args: argparse.Namespace) -> dict[str, Any]:
             pairs=pairs,
         )
     }
+
+
+PRIOR_VARIANTS = [
+    (form, predict) for form in ("moment", "bound", "mixture") for predict in ("mean", "sample")
+]
+"""The ``prior`` sub-command's VMTL variants: prior form x test-time prediction."""
+
+
+def cmd_prior(args: argparse.Namespace) -> dict[str, Any]:
+    """Choose VMTL's default prior form and test-time prediction (:data:`PRIOR_VARIANTS`)
+    on Office-Caltech SURF at 5/10/20% (quick: 10%), free heads, the office-caltech grid.
+
+    Run it on *development* seeds (``--first-seed 10``: other splits than the reported
+    seeds 0-4). Every run sets aside ``--holdout-frac`` of each task's training rows
+    before the validation split is carved: the validation split selects the epoch and the
+    grid point as everywhere; the held-out rows are scored once, on the selected run, and
+    are the only thing the decision reads. Decision rule: the variant with the highest
+    mean held-out accuracy over every split and seed becomes the default (ties keep the
+    current default). The selected runs' validation accuracy is printed beside it: it was
+    maximised over epochs and grid points, so it overstates accuracy by a variant-dependent
+    amount and cannot rank the variants. Test accuracy is printed but never used."""
+    from taskrel.models.vmtl import VMTLConfig
+
+    default = VMTLConfig()
+    fracs = [0.1] if args.quick else [0.05, 0.1, 0.2]
+    lrs = (1e-3,) if args.quick else (1e-3, 1e-2)
+    methods = []
+    for form, predict in PRIOR_VARIANTS:
+        mark = ", default" if (form, predict) == (default.prior_form, default.predict) else ""
+        options = {"latent": 128, "dropout": 0.5, "prior_form": form, "predict": predict}
+        label = f"VMTL ({form} prior, predict={predict}{mark})"
+        methods.append(tuned(label, "vmtl", options, lrs, args.quick))
+    current = next(m for m in methods if m.label.endswith(", default)"))
+    report = benchmark(
+        args,
+        "office-caltech",
+        {},
+        fracs,
+        methods,
+        "accuracy",
+        "VMTL prior form and prediction on Office-Caltech-10 (SURF), test accuracy %",
+        pairs=[(m, current) for m in methods if m is not current],
+        holdout_frac=args.holdout_frac,
+    )
+    print("\n| variant | held-out accuracy % (decides) | validation accuracy % (selected) |")
+    print("|---|---|---|")
+    held: dict[str, float] = {}
+    for m in methods:
+        rows = [split[m.label] for split in report["splits"].values()]
+        held[m.label] = float(np.mean([h for r in rows for h in r["holdout_score"]]))
+        val = float(np.mean([v for r in rows for v in r["val_score"]]))
+        print(f"| {m.label} | {100 * held[m.label]:.2f} | {100 * val:.2f} |")
+    best = max(held, key=lambda k: (held[k], k == current.label))
+    print(f"\nDecision (held-out rows of the training fraction only): {best}")
+    report["decision"] = {"mean_holdout_accuracy": held, "chosen": best}
+    return {"prior": report}
 
 
 def cmd_digits(args: argparse.Namespace) -> dict[str, Any]:
@@ -683,11 +758,17 @@ def cmd_school(args: argparse.Namespace) -> dict[str, Any]:
             (1e-2,),
             betas,
         ),
-        Method("VMTL (moment prior on w)", "vmtl", {**vm, "prior": "w"}, (1e-2,), betas),
+        Method(
+            "VMTL (moment prior on w)",
+            "vmtl",
+            {**vm, "prior": "w", "prior_form": "moment"},
+            (1e-2,),
+            betas,
+        ),
         Method(
             "VMTL (moment prior on w, amortised heads)",
             "vmtl",
-            {**vm, "prior": "w", "classifier": "amortized"},
+            {**vm, "prior": "w", "prior_form": "moment", "classifier": "amortized"},
             (1e-2,),
             betas,
         ),
@@ -788,6 +869,7 @@ COMMANDS = {
     "school": cmd_school,
     "alpha": cmd_alpha,
     "options": cmd_options,
+    "prior": cmd_prior,
 }
 
 
@@ -804,6 +886,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     cli.add_argument("--workers", type=int, default=2, help="parallel processes")
     cli.add_argument(
+        "--holdout-frac",
+        type=float,
+        default=0.2,
+        help="prior: fraction of each task's training rows held out of training and "
+        "selection, scored to choose the default",
+    )
+    cli.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds are first-seed .. first-seed + seeds - 1 (seed = split = training seed)",
+    )
+    cli.add_argument(
         "--school-tasks", type=int, default=139, help="school: first N schools (quick: 30)"
     )
     cli.add_argument(
@@ -817,8 +912,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--rows",
         choices=["all", "main"],
         default="all",
-        help="office-caltech, digits: main = the baselines and the default VMTL only "
-        "(no amortised-heads and bound-prior rows)",
+        help="office-caltech, digits: main = the baselines and VMTL with free heads "
+        "(bound and moment prior forms; no amortised-heads row)",
     )
     cli.add_argument("--digits-part", choices=["classification", "angle", "both"], default="both")
     args = cli.parse_args(argv)

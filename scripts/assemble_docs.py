@@ -7,6 +7,8 @@ next to its code); headings are demoted one level under a page title."""
 
 from __future__ import annotations
 
+import posixpath
+import re
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -38,8 +40,23 @@ PAGES = {
 }
 
 
+LINK = re.compile(r"\]\(([^)#:\s]+)(#[^)]*)?\)")
+"""A markdown link target without a scheme: relative to the part's own folder."""
+
+
 def _demote(text: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
+def _rebase(text: str, folder: str) -> str:
+    """Relative link targets of a part in ``docs/folder`` rewritten relative to ``docs``
+    (the assembled page's folder), e.g. ``x.json`` -> ``bench/x.json``."""
+
+    def fix(match: re.Match[str]) -> str:
+        target = posixpath.normpath(posixpath.join(folder, match.group(1)))
+        return f"]({target}{match.group(2) or ''})"
+
+    return LINK.sub(fix, text)
 
 
 def main() -> None:
@@ -48,7 +65,7 @@ def main() -> None:
             (DOCS / folder).glob("*.md"),
             key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem),
         )
-        body = "\n\n".join(_demote(p.read_text().strip()) for p in parts)
+        body = "\n\n".join(_rebase(_demote(p.read_text().strip()), folder) for p in parts)
         (DOCS / page).write_text(f"{header}\n{body}\n")
         print(f"{page}: {len(parts)} parts")
 

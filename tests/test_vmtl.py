@@ -137,18 +137,27 @@ def test_gumbel_softmax_weights(clustered) -> None:
             assert peak > 0.99  # nearly one-hot
 
 
-def test_w_prior_excludes_self_and_stops_gradients(clustered) -> None:
-    model = _model(clustered)
-    with torch.no_grad():
-        for p in model.head_mu:
+@pytest.mark.parametrize("form", ["moment", "bound"])
+def test_w_prior_excludes_self_and_stops_gradients(clustered, form: str) -> None:
+    model = _model(clustered, prior_form=form)
+    with torch.no_grad():  # distinct means and variances (equal variances: zero rho-gradient)
+        for p in [*model.head_mu, *model.head_rho]:
             p.normal_()
     alpha = model.mixing_weights("w")
     t = 2
     kl = model.kl_w([t], alpha)[0]
     mu, var = model.heads()
-    mu_p = sum(alpha[t, s] * mu[s] for s in range(6) if s != t)
-    var_p = sum(alpha[t, s] ** 2 * var[s] for s in range(6) if s != t)
-    by_hand = gaussian_kl(mu[t].flatten(), var[t].flatten(), mu_p.flatten(), var_p.flatten())
+    q = (mu[t].flatten(), var[t].flatten())
+    if form == "moment":
+        mu_p = sum(alpha[t, s] * mu[s] for s in range(6) if s != t)
+        var_p = sum(alpha[t, s] ** 2 * var[s] for s in range(6) if s != t)
+        by_hand = gaussian_kl(*q, mu_p.flatten(), var_p.flatten())
+    else:
+        by_hand = sum(
+            alpha[t, s] * gaussian_kl(*q, mu[s].flatten(), var[s].flatten())
+            for s in range(6)
+            if s != t
+        )
     assert float(kl.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-5)
     # own posterior is never a source: zero self-weight, and the prior above (built from
     # the other tasks only) gives the model's KL

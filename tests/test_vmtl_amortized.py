@@ -104,7 +104,7 @@ def test_amortized_sources_are_detached() -> None:
         alpha[0, src].expand(3, 2),
         mu_g.detach()[src].transpose(0, 1),
         var_g.detach()[src].transpose(0, 1),
-        "moment",
+        model.config.prior_form,
     ).sum()
     kl.backward()
     assert torch.allclose(grad_own, model.generator.out.weight.grad, atol=1e-6)
