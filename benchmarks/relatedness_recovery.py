@@ -62,6 +62,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     REFERENCE: (REFERENCE, {}),
 }
 QUICK_METHODS = ("mtif", "gradient", "affinity", REFERENCE)
+OWN_MODEL = ("vmtl", "feedback")
+"""Methods that train a model of their own (not the shared convex one): they get the
+library's default training (``TrainConfig(seed=seed)``), not the convex model's L-BFGS."""
 FEEDBACK_MAX_TASKS = 16  # T (T - 1) feedback edges: beyond this it dominates the run
 
 # name -> loader options (synthetic: known structure)
@@ -117,6 +120,7 @@ def run_case(
 ) -> Comparison:
     """Every method of ``labels`` on one task set; agreement via :class:`Comparison`."""
     ctx = RelateContext(model_config=MODEL, train_config=TrainConfig(**EXACT, seed=seed))
+    own_ctx = RelateContext(train_config=TrainConfig(seed=seed))
     results: dict[str, Relatedness] = {}
     skipped: dict[str, str] = {}
     for label in labels:
@@ -128,7 +132,8 @@ def run_case(
         if "train_config" in options:
             options["train_config"] = {**options["train_config"], "seed": seed}
         try:
-            results[label] = relate(taskset, method, ctx, **options)
+            context = own_ctx if label in OWN_MODEL else ctx
+            results[label] = relate(taskset, method, context, **options)
         except TaskrelError as err:
             skipped[label] = str(err)
     similarity = taskset.meta.get("similarity")

@@ -253,8 +253,9 @@ class TaskSet:
         """Re-split every task, deterministically given ``seed``.
 
         Args:
-            train, val, test: a fraction in (0, 1] of each task's examples, or a count
-                (int >= 1). ``test=None`` puts every remaining example in the test split.
+            train: a fraction in (0, 1] of each task's examples, or a count (int >= 1).
+            val: the same for the validation split.
+            test: the same for the test split; ``None`` puts every remaining example in it.
             seed: random seed; the same seed gives the same split on every machine.
             stratify: keep class proportions in classification tasks where possible.
             min_train: each task gets at least this many training examples (a fraction

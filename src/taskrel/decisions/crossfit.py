@@ -189,8 +189,9 @@ def one_se_choice(
 
     Args:
         fold_cost: per-fold group costs (``K >= 2`` folds).
-        seed, **search_options: of :func:`~taskrel.decisions.search.search_partition`
-            for ``P*`` (free number of groups, no penalty).
+        seed: of :func:`~taskrel.decisions.search.search_partition` for ``P*`` (free
+            number of groups, no penalty).
+        **search_options: further options of that search.
 
     Raises:
         ConfigError: fewer than 2 folds.

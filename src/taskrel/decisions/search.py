@@ -410,7 +410,8 @@ def choose_groups(
 
     Args:
         predictor: fitted on the ``T`` tasks named ``task_names``.
-        n_groups, penalty: as in :func:`search_partition`.
+        n_groups: as in :func:`search_partition`.
+        penalty: as in :func:`search_partition`.
         rule: ``min`` (the partition minimising the total predicted loss) or ``one-se``
             (the fewest groups within one standard error of that minimum over folds; needs
             a cross-fitted predictor, see :mod:`taskrel.decisions.crossfit`, and chooses

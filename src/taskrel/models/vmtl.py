@@ -512,8 +512,11 @@ class VMTL(MTLModel):
         """``KL(q(z|x_i) || p(z_i))`` per example, shape ``(b,)`` (nats).
 
         Args:
-            x, y, tasks: inputs ``(b, d)``, targets ``(b,)`` and task positions ``(b,)``.
-            mu_z, var_z: moments ``(b, K)`` of ``q(z|x)``.
+            x: inputs ``(b, d)``.
+            y: targets ``(b,)``.
+            tasks: task positions ``(b,)``.
+            mu_z: mean ``(b, K)`` of ``q(z|x)``.
+            var_z: variance ``(b, K)`` of ``q(z|x)``.
             alpha: mixing weights ``(T, T)`` with zero diagonal (drawn if None).
 
         The sources ``q(z | anchor_s)`` are computed without gradient (and without dropout);

@@ -268,9 +268,10 @@ def select_tasks(
             predicted validation loss by more than this (units of the predictor).
         n_random: random draws of the ``random`` setting.
         examples: also run the example-level setting (MTIF data selection).
-        threshold, max_fraction: of the example-level setting (as in
-            :func:`taskrel.pipelines.selection.select_data`; ``"auto"`` chooses the fraction per
-            target on validation by retraining).
+        threshold: of the example-level setting (as in
+            :func:`taskrel.pipelines.selection.select_data`).
+        max_fraction: of the example-level setting (as there; ``"auto"`` chooses the
+            fraction per target on validation by retraining).
         mtif_options: options of the MTIF instance scoring of ``examples``.
         seed: seed of the random draws and of a carved validation split.
         data: spec rebuilding ``taskset`` in training jobs; ignored when a validation
