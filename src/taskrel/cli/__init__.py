@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from taskrel.signals import sigterm_as_interrupt
+from taskrel.signals import interrupt_signals
 
 if TYPE_CHECKING:
     import typer
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     SESSION.reset()
     detail = ""
     try:
-        with sigterm_as_interrupt(), shown():  # progress: a bar on a terminal, else lines
+        with interrupt_signals(), shown():  # progress: a bar on a terminal, else lines
             status = load_app()(args=args, prog_name="taskrel", standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort) as err:  # Ctrl-C, SIGTERM (click: Abort)
         interrupt = err if _training_interrupted(err) else err.__cause__

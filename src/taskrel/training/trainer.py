@@ -33,7 +33,7 @@ from taskrel.models import build_model
 from taskrel.models.base import Batch, ModelConfig, MTLModel
 from taskrel.notices import notice
 from taskrel.seeding import seed_everything
-from taskrel.signals import sigterm_as_interrupt
+from taskrel.signals import interrupt_signals
 from taskrel.training.checkpoint import load_checkpoint, save_checkpoint
 from taskrel.training.convergence import gradient_check
 from taskrel.training.metrics import as_model_input, task_losses
@@ -372,7 +372,7 @@ def train(
     show = sys.stderr.isatty() if progress is None else progress
     stopped_early = False
     try:
-        with sigterm_as_interrupt(), _progress(show, cfg.epochs, state["epoch"]) as advance:
+        with interrupt_signals(), _progress(show, cfg.epochs, state["epoch"]) as advance:
             while state["epoch"] < cfg.epochs:
                 epoch = state["epoch"] + 1
                 model.train()
