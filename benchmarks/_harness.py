@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from taskrel.execution import ResultCache
 from taskrel.progress import Progress
 from taskrel.progress import progress as reporter
 from taskrel.runs import environment_info
-from taskrel.signals import raise_interrupt
+from taskrel.signals import interrupt_signals
 
 EXACT: dict[str, Any] = {
     "optimizer": "lbfgs",
@@ -58,13 +57,13 @@ def parser(description: str, default_seeds: int = 3) -> argparse.ArgumentParser:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a benchmark's ``main`` and exit with its status. SIGTERM stops it as Ctrl-C
-    does; either prints one line instead of a traceback and exits with status 130
+    """Run a benchmark's ``main`` and exit with its status (None: 0). SIGTERM stops it as
+    Ctrl-C does; either prints one line instead of a traceback and exits with status 130
     (finished units stay cached, worker processes are stopped, and the same command
     resumes)."""
-    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        status = main()
+        with interrupt_signals():
+            status = main()
     except KeyboardInterrupt:  # a training's TrainingInterrupted included
         print(
             "interrupted: finished units are cached; run the same command to resume",

@@ -168,7 +168,7 @@ def run_case(name: str, seed: int, folder: Path, cache: Any) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.split("\n")[0], default_seeds=3)
     p.add_argument("--datasets", nargs="*", default=None, help="subset of datasets")
     args = p.parse_args(argv)
@@ -229,7 +229,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(header, rows))
     print(f"\nseeds: {seeds}; mean ± sample std (ddof=1); stl gap = (per-task sklearn - stl) / it")
     write_out(args, {"datasets": figures, "seeds": seeds}, started)
-    return figures
 
 
 if __name__ == "__main__":

@@ -478,7 +478,7 @@ def save(args: argparse.Namespace, figures: dict[str, Any], started: float) -> N
         args.out.with_suffix(".md").write_text(figures["markdown"] + "\n")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.split("\n\n")[0], default_seeds=3)
     p.add_argument("--datasets", nargs="*", default=["atis", "snips"])
     p.add_argument("--bases", nargs="+", choices=list(BASES), default=list(BASES))
@@ -585,7 +585,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(f"wall time {time.perf_counter() - started:.0f} s", file=sys.stderr)
     save(args, figures, started)
-    return figures
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ VMTL and feedback MTL train their own models with their defaults. Mean ± std ov
 One torch thread per process; times are wall seconds on a shared machine, so compare
 them as ratios within one run.
 
+Every (case, seed) is one cached unit (``--cache``, default
+``.bench-cache/relatedness_recovery``): an interrupted run resumes where it stopped, and a
+cached unit keeps the timings it was measured with.
+
 Usage::
 
     python benchmarks/relatedness_recovery.py --quick --out recovery-quick.json
@@ -27,19 +31,18 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
+import functools
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from _harness import EXACT, cached, mean_std, parser, pm, run_main, setup, write_out
 
 from taskrel.data import load
 from taskrel.errors import TaskrelError
+from taskrel.execution import ResultCache
 from taskrel.pipelines.compare import Comparison, durations
 from taskrel.relatedness import RelateContext, relate
 from taskrel.relatedness.result import Relatedness
@@ -47,7 +50,6 @@ from taskrel.training.trainer import TrainConfig
 
 REFERENCE = "ground-truth"
 MODEL = {"hidden": [], "shared_head": True, "l2": 1e-2, "l2_task": 1e-1}
-EXACT = {"optimizer": "lbfgs", "lr": 1.0, "epochs": 2, "patience": None, "dtype": "float64"}
 ADAM = {"epochs": 30, "lr": 1e-2, "batch_size": 32, "patience": None}
 COLUMNS = ("spearman_off", "spearman_diag", "structure_spearman_off", "time_ratio", "wall_time_s")
 
@@ -148,23 +150,8 @@ def run_case(
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{column: {"mean", "std", "n"}}`` over runs, ignoring NaN."""
-    out = {}
-    for col in COLUMNS:
-        values = np.array([r[col] for r in rows], dtype=float)
-        values = values[~np.isnan(values)]
-        out[col] = {
-            "mean": float(values.mean()) if len(values) else math.nan,
-            "std": float(values.std()) if len(values) else math.nan,
-            "n": len(values),
-        }
-    return out
-
-
-def pm(stat: dict[str, float], digits: int = 2) -> str:
-    if stat["n"] == 0:
-        return "–"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    """``{column: {"mean", "std", "n"}}`` over runs (sample std, ddof=1), ignoring NaN."""
+    return {col: mean_std([r[col] for r in rows]) for col in COLUMNS}
 
 
 def markdown(
@@ -176,45 +163,63 @@ def markdown(
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for case, methods in table.items():
         for label, s in methods.items():
-            cells = [case, label, pm(s["spearman_off"]), pm(s["spearman_diag"])]
-            cells += [pm(s["structure_spearman_off"])] if structure else []
+            cells = [case, label, pm(s["spearman_off"], 2), pm(s["spearman_diag"], 2)]
+            cells += [pm(s["structure_spearman_off"], 2)] if structure else []
             cells += [pm(s["time_ratio"], 3), pm(s["wall_time_s"], 1)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_unit(
+    case: str,
+    data: str,
+    options: dict[str, Any],
+    overrides: dict[str, Any],
+    labels: tuple[str, ...],
+    seed: int,
+) -> dict[str, Any]:
+    """One case and seed: its agreement rows and the methods it skipped (JSON-able)."""
+    start = time.perf_counter()
+    taskset = load(data, **options, seed=seed).standardize()
+    comparison = run_case(taskset, labels, seed, overrides)
+    rows = [
+        {**row, "case": case, "seed": seed, "n_tasks": len(taskset)}
+        for row in comparison.agreement_table()
+    ]
+    print(f"  {case} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
+    return {"rows": rows, "skipped": comparison.skipped}
 
 
 def run_table(
     cases: dict[str, tuple[str, dict[str, Any], dict[str, Any]]],
     labels: tuple[str, ...],
     seeds: int,
+    cache: ResultCache | None,
     runs: list[dict[str, Any]],
     skipped: dict[str, str],
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Every case x seed (cached units), summarised per case and method; appends the
+    per-seed rows to ``runs`` and the skipped methods to ``skipped``."""
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for case, (data, options, overrides) in cases.items():
         per_method: dict[str, list[dict[str, Any]]] = {}
         for seed in range(seeds):
-            start = time.perf_counter()
-            taskset = load(data, **options, seed=seed).standardize()
-            comparison = run_case(taskset, labels, seed, overrides)
-            for row in comparison.agreement_table():
-                row.update(case=case, seed=seed, n_tasks=len(taskset))
+            key = ["relatedness_recovery", case, data, options, overrides, labels, seed]
+            compute = functools.partial(run_unit, case, data, options, overrides, labels, seed)
+            unit = cached(cache, key, compute)
+            for row in unit["rows"]:
                 runs.append(row)
                 per_method.setdefault(row["method"], []).append(row)
-            skipped.update({f"{case}/{k}": v for k, v in comparison.skipped.items()})
-            print(f"  {case} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
+            skipped.update({f"{case}/{k}": v for k, v in unit["skipped"].items()})
         table[case] = {label: summarize(rows) for label, rows in per_method.items()}
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small run (< 60 s)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per case")
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    seeds = args.seeds or (2 if args.quick else 3)
+    p = parser(__doc__.split("\n\n")[0], default_seeds=3)
+    args = p.parse_args(argv)
+    cache = setup(args, "relatedness_recovery")
+    seeds = 2 if args.quick else args.seeds
     labels = QUICK_METHODS if args.quick else tuple(METHODS)
     synthetic = {
         k: ("synthetic", v, {}) for k, v in SYNTHETIC.items() if not args.quick or k == "cls-8"
@@ -225,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(labels)
     start = time.perf_counter()
     print("synthetic task sets ...", flush=True)
-    table1 = run_table(synthetic, labels, seeds, runs, skipped)
+    table1 = run_table(synthetic, labels, seeds, cache, runs, skipped)
     print("real data ...", flush=True)
-    table2 = run_table(real, labels, seeds, runs, skipped)
+    table2 = run_table(real, labels, seeds, cache, runs, skipped)
     total = time.perf_counter() - start
     text = [
         markdown("Synthetic tasks with known structure", table1, structure=True),
@@ -237,34 +242,34 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         text += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     print("\n".join(text))
-    print(f"\ntotal {total:.1f} s")
-    if args.out is not None:
-        doc = {
-            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-            "mode": "quick" if args.quick else "full",
-            "seeds": seeds,
-            "methods": {k: METHODS[k] for k in labels},
-            "model": MODEL,
-            "train_config": EXACT,
-            "baseline_train_config": ADAM,
-            "synthetic_cases": {k: v[1] for k, v in synthetic.items()},
-            "real_cases": {k: [v[0], v[1]] for k, v in real.items()},
-            "columns": {
-                "spearman_off": "Spearman with LOTO retraining, i != j",
-                "spearman_diag": "Spearman with LOTO retraining, i == j",
-                "structure_spearman_off": "Spearman with the generating similarity, i != j",
-                "time_ratio": "wall time / LOTO retraining wall time",
-                "wall_time_s": "wall seconds",
-            },
-            "synthetic": table1,
-            "real": table2,
-            "runs": runs,
-            "skipped": skipped,
-            "total_s": total,
-        }
-        args.out.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"\ntotal {total:.1f} s (cached units count 0 s; their timings are from their run)")
+    figures = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "mode": "quick" if args.quick else "full",
+        "seeds": seeds,
+        "methods": {k: METHODS[k] for k in labels},
+        "model": MODEL,
+        "train_config": EXACT,
+        "baseline_train_config": ADAM,
+        "synthetic_cases": {k: v[1] for k, v in synthetic.items()},
+        "real_cases": {k: [v[0], v[1]] for k, v in real.items()},
+        "columns": {
+            "spearman_off": "Spearman with LOTO retraining, i != j",
+            "spearman_diag": "Spearman with LOTO retraining, i == j",
+            "structure_spearman_off": "Spearman with the generating similarity, i != j",
+            "time_ratio": "wall time / LOTO retraining wall time",
+            "wall_time_s": "wall seconds",
+        },
+        "std": "sample std over seeds (ddof=1)",
+        "synthetic": table1,
+        "real": table2,
+        "runs": runs,
+        "skipped": skipped,
+        "total_s": total,
+    }
+    write_out(args, figures)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
