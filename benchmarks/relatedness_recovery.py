@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = setup(args, "relatedness_recovery")
     seeds = 2 if args.quick else args.seeds
     labels = QUICK_METHODS if args.quick else tuple(METHODS)
-    synthetic = {
+    synthetic: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         k: ("synthetic", v, {}) for k, v in SYNTHETIC.items() if not args.quick or k == "cls-8"
     }
     real = {"school-5": ("school", {"n_tasks": 5, "train": 0.1}, {})} if args.quick else REAL

@@ -37,6 +37,11 @@ float64; gradient cosine and lookahead affinity record mini-batch Adam). One tor
 per process; wall seconds on a shared 2-core machine, mean ± std over seeds; compare times
 as ratios within one run.
 
+Every timed unit (a method on one task set and seed, a backend's LOTO on one seed, a
+scale unit on one seed) is cached (``--cache``, default ``.bench-cache/scaling``): an
+interrupted run resumes where it stopped, and a cached unit keeps the timing it was
+measured with (so a resumed table mixes loads; the JSON records the load at the end).
+
 Usage::
 
     python benchmarks/scaling.py --quick --out scaling-quick.json
@@ -46,9 +51,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import functools
 import itertools
-import json
 import multiprocessing
 import resource
 import sys
@@ -59,12 +63,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from _harness import mean_std, run_main
-from relatedness_recovery import ADAM, EXACT, FEEDBACK_MAX_TASKS, MODEL, pm, warm_up
+from _harness import EXACT, cached, mean_std, parser, pm, run_main, setup, write_out
+from relatedness_recovery import ADAM, FEEDBACK_MAX_TASKS, MODEL, OWN_MODEL, warm_up
 from scipy.stats import spearmanr
 
 from taskrel.data import load
-from taskrel.execution import Executor, LocalExecutor
+from taskrel.execution import Executor, LocalExecutor, ResultCache
 from taskrel.relatedness import RelateContext, relate
 from taskrel.training.trainer import TrainConfig
 
@@ -95,6 +99,7 @@ def synthetic(n_tasks: int, n_per_task: int, seed: int) -> Any:
 
 
 def context(seed: int, executor: Executor | None = None) -> RelateContext:
+    """The shared convex model, trained to its optimum (full-batch L-BFGS, float64)."""
     return RelateContext(
         model_config=MODEL,
         train_config=TrainConfig(**EXACT, seed=seed),
@@ -103,10 +108,14 @@ def context(seed: int, executor: Executor | None = None) -> RelateContext:
 
 
 def time_method(taskset: Any, method: str, seed: int) -> float:
+    """Wall seconds of one ``relate`` call; VMTL and feedback MTL train their own models
+    with the library's default training, not the convex model's L-BFGS."""
     options = dict(METHODS[method])
     if "train_config" in options:
         options["train_config"] = {**options["train_config"], "seed": seed}
-    return float(relate(taskset, method, context(seed), **options).meta["wall_time_s"])
+    ctx = RelateContext(train_config=TrainConfig(seed=seed)) if method in OWN_MODEL else None
+    result = relate(taskset, method, ctx or context(seed), **options)
+    return float(result.meta["wall_time_s"])
 
 
 def grid(
@@ -114,6 +123,7 @@ def grid(
     methods: list[str],
     seeds: int,
     key: str,
+    cache: ResultCache | None,
     feedback_max_tasks: int = FEEDBACK_MAX_TASKS,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{point: {method: {"mean", "std", "n", "ratio_to_loto"}}}`` over ``(T, n)``
@@ -128,7 +138,9 @@ def grid(
             for m in methods:
                 if m == "feedback" and n_tasks > feedback_max_tasks:
                     continue
-                times[m].append(time_method(taskset, m, seed))
+                unit = ["grid", n_tasks, n_per_task, seed, m, METHODS[m]]
+                compute = functools.partial(time_method, taskset, m, seed)
+                times[m].append(cached(cache, unit, compute))
             print(f"  {label} seed {seed} done", flush=True)
         loto = np.mean(times["ground-truth"])
         out[label] = {
@@ -139,8 +151,10 @@ def grid(
     return out
 
 
-def executors(n_tasks: int, seeds: int, ray: bool) -> dict[str, dict[str, float]]:
-    """LOTO wall time per backend (``ray_startup_s`` apart), mean over seeds."""
+def executors(
+    n_tasks: int, seeds: int, ray: bool, cache: ResultCache | None
+) -> dict[str, dict[str, float]]:
+    """LOTO wall time per backend (``ray_startup_s`` apart, not cached), mean over seeds."""
     backends: dict[str, Any] = {
         "local-1": lambda: LocalExecutor(1),
         "local-pool-2": lambda: LocalExecutor(2),
@@ -156,9 +170,13 @@ def executors(n_tasks: int, seeds: int, ray: bool) -> dict[str, dict[str, float]
     for name, make in backends.items():
         times = []
         for seed in range(seeds):
-            taskset = synthetic(n_tasks, 200, seed)
-            rel = relate(taskset, "ground-truth", context(seed, make()))
-            times.append(float(rel.meta["wall_time_s"]))
+
+            def loto(seed: int = seed, make: Callable[[], Executor] = make) -> float:
+                taskset = synthetic(n_tasks, 200, seed)
+                rel = relate(taskset, "ground-truth", context(seed, make()))
+                return float(rel.meta["wall_time_s"])
+
+            times.append(cached(cache, ["executor", name, n_tasks, seed], loto))
         out[name] = mean_std(times)
         print(f"  LOTO on {name}: {out[name]['mean']:.1f} s", flush=True)
     if ray:
@@ -324,7 +342,7 @@ def network_loto_one(spec: dict[str, Any], hidden: list[int], seed: int) -> dict
     return {"retrain_s": time.perf_counter() - start}
 
 
-def scale(quick: bool, seeds: int, unit: str = "all") -> dict[str, Any]:
+def scale(quick: bool, seeds: int, cache: ResultCache | None, unit: str = "all") -> dict[str, Any]:
     """The scale cases (``unit``: both, ``subsets`` or ``network``) over ``seeds`` seeds
     (figures: see the module docstring)."""
     spec = SUBSET_DATA[quick]
@@ -336,11 +354,21 @@ def scale(quick: bool, seeds: int, unit: str = "all") -> dict[str, Any]:
     plans = {}
     for seed in range(seeds):
         if unit in ("all", "network"):
-            plans["network"] = network_unit(quick, seed, add)
+            plans["network"] = network_unit(quick, seed, add, cache)
         if unit == "network":
             continue
-        newton = measured(subset_newton, spec, SUBSET_CONFIG[quick], seed)
-        retrain = measured(subset_retrain, spec, seed, newton["config"], newton["subsets"])
+        newton = cached(
+            cache,
+            ["subset_newton", spec, SUBSET_CONFIG[quick], seed],
+            functools.partial(measured, subset_newton, spec, SUBSET_CONFIG[quick], seed),
+        )
+        retrain = cached(
+            cache,
+            ["subset_retrain", spec, seed, newton["config"]],
+            functools.partial(
+                measured, subset_retrain, spec, seed, newton["config"], newton["subsets"]
+            ),
+        )
         predicted, exact = np.asarray(newton["losses"]), np.asarray(retrain["losses"])
         mask = ~np.isnan(exact)
         add("subsets_newton_s", newton["fit_s"] + newton["predict_s"])
@@ -365,11 +393,21 @@ def scale(quick: bool, seeds: int, unit: str = "all") -> dict[str, Any]:
     }
 
 
-def network_unit(quick: bool, seed: int, add: Callable[[str, float], None]) -> dict[str, Any]:
+def network_unit(
+    quick: bool, seed: int, add: Callable[[str, float], None], cache: ResultCache | None
+) -> dict[str, Any]:
     """The network case for one seed (figures through ``add``); returns its solver plan."""
     hidden = NETWORK_HIDDEN[quick]
-    net = measured(network_mtif, NETWORK_DATA, hidden, seed)
-    one = measured(network_loto_one, NETWORK_DATA, hidden, seed)
+    net = cached(
+        cache,
+        ["network_mtif", NETWORK_DATA, hidden, seed],
+        functools.partial(measured, network_mtif, NETWORK_DATA, hidden, seed),
+    )
+    one = cached(
+        cache,
+        ["network_loto_one", NETWORK_DATA, hidden, seed],
+        functools.partial(measured, network_loto_one, NETWORK_DATA, hidden, seed),
+    )
     loto = one["retrain_s"] * net["tasks"]
     add("network_params", net["n_params"])
     add("network_train_s", net["train_s"])
@@ -460,32 +498,29 @@ def markdown(title: str, table: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small run (< 60 s)")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument(
+    p = parser(__doc__.split("\n\n")[0], default_seeds=2)
+    p.add_argument(
         "--part",
         choices=("all", "grid", "scale"),
         default="all",
         help="grid: sections 1-3 (methods, backends); scale: section 4 (sample-space solves)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--unit",
         choices=("all", "subsets", "network"),
         default="all",
         help="with --part scale: both cases, or one of them alone",
     )
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
-    parser.add_argument(
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
+    p.add_argument(
         "--feedback-max-tasks",
         type=int,
         default=FEEDBACK_MAX_TASKS,
         help="skip feedback MTL on task sets with more tasks (T(T-1) edges)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    seeds = args.seeds or 2
+    args = p.parse_args(argv)
+    cache = setup(args, "scaling")
+    seeds = args.seeds
     methods = ["mtif", "gradient", "affinity", "ground-truth"] if args.quick else list(METHODS)
     start = time.perf_counter()
     tasks: dict[str, Any] = {}
@@ -494,14 +529,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "grid"):
         warm_up(tuple(methods))
         if args.quick:  # no executor comparison: worker start-up alone exceeds the budget
-            tasks = grid([(4, 100), (8, 100)], methods, seeds, "T")
-            data = grid([(4, 50), (4, 200)], methods, seeds, "n")
+            tasks = grid([(4, 100), (8, 100)], methods, seeds, "T", cache)
+            data = grid([(4, 50), (4, 200)], methods, seeds, "n", cache)
         else:
             tasks = grid(
-                [(4, 200), (16, 200), (64, 200)], methods, seeds, "T", args.feedback_max_tasks
+                [(4, 200), (16, 200), (64, 200)],
+                methods,
+                seeds,
+                "T",
+                cache,
+                args.feedback_max_tasks,
             )
-            data = grid([(8, 100), (8, 400), (8, 1600)], methods, seeds, "n")
-            backends = executors(16, seeds, ray=not args.no_ray)
+            data = grid([(8, 100), (8, 400), (8, 1600)], methods, seeds, "n", cache)
+            backends = executors(16, seeds, not args.no_ray, cache)
         print(markdown("Time vs number of tasks (200 examples per task)", tasks))
         print()
         print(markdown("Time vs examples per task", data))
@@ -512,32 +552,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {pm(row, 1)} | {speed} |")
     at_scale = {}
     if args.part != "grid":
-        at_scale = scale(args.quick, 1 if args.quick else seeds, args.unit)
+        at_scale = scale(args.quick, 1 if args.quick else seeds, cache, args.unit)
     if at_scale:
         print()
         print(scale_markdown(at_scale))
     total = time.perf_counter() - start
     print(f"\ntotal {total:.1f} s")
-    if args.out is not None:
-        doc = {
-            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-            "mode": "quick" if args.quick else "full",
-            "part": args.part,
-            "unit": args.unit,
-            "seeds": seeds,
-            "methods": {m: METHODS[m] for m in methods},
-            "model": MODEL,
-            "train_config": EXACT,
-            "feedback_max_tasks": args.feedback_max_tasks,
-            "units": "wall seconds; ratio_to_loto = method / LOTO; std with ddof=1; "
-            "peak_rss in GB (1e9 bytes)",
-            "tasks": tasks,
-            "data": data,
-            "executors": backends,
-            "scale": at_scale,
-            "total_s": total,
-        }
-        args.out.write_text(json.dumps(doc, indent=2, default=str))
+    figures = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "mode": "quick" if args.quick else "full",
+        "part": args.part,
+        "unit": args.unit,
+        "seeds": seeds,
+        "methods": {m: METHODS[m] for m in methods},
+        "model": MODEL,
+        "train_config": EXACT,
+        "feedback_max_tasks": args.feedback_max_tasks,
+        "units": "wall seconds; ratio_to_loto = method / LOTO; std with ddof=1; "
+        "peak_rss in GB (1e9 bytes)",
+        "tasks": tasks,
+        "data": data,
+        "executors": backends,
+        "scale": at_scale,
+        "total_s": total,
+    }
+    write_out(args, figures)
     return 0
 
 

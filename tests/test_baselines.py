@@ -135,6 +135,37 @@ def test_recording_leaves_training_unchanged_and_counts_steps(synthetic_cls: Tas
     assert np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0)
 
 
+@pytest.mark.parametrize("method", ["gradient", "affinity"])
+@pytest.mark.parametrize("given", ["context", "override"])
+def test_auto_optimiser_records_minibatch_adam_on_a_convex_model(
+    synthetic_cls: TaskSet, method: str, given: str
+) -> None:
+    """A convex model's ``'auto'`` optimiser is an exact full-batch one (one step per
+    epoch); the probes are defined on stochastic training, so ``'auto'`` becomes Adam on
+    mini-batches whether the config comes with the context or as ``train_config``. An
+    optimiser named explicitly is kept."""
+    options = {"epochs": 2, "batch_size": 8, "patience": None}
+    steps = 2 * math.ceil(max(s["train"] for s in synthetic_cls.sizes().values()) / 8)
+    if given == "context":
+        ctx = RelateContext(model_config=LINEAR, train_config=TrainConfig(**options))
+        rel = relate(synthetic_cls, method, ctx, every=1)
+    else:
+        rel = relate(
+            synthetic_cls, method, RelateContext(model_config=LINEAR), every=1, train_config=options
+        )
+    assert rel.meta["train_config"]["optimizer"] == "adam"
+    assert rel.meta["recorded_steps"] == steps > 2
+    exact = relate(
+        synthetic_cls,
+        method,
+        RelateContext(model_config=LINEAR),
+        every=1,
+        train_config={**options, "optimizer": "lbfgs"},
+    )
+    assert exact.meta["train_config"]["optimizer"] == "lbfgs"
+    assert exact.meta["recorded_steps"] == 2  # one full-batch step per epoch
+
+
 def test_both_recover_planted_clusters_and_conflicts() -> None:
     taskset = load(
         "synthetic-regression",

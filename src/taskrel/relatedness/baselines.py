@@ -40,7 +40,7 @@ from taskrel.models import build_model
 from taskrel.models.base import Batch, MTLModel
 from taskrel.relatedness import RelateContext
 from taskrel.relatedness.result import Relatedness
-from taskrel.training.trainer import FIRST_ORDER_LR, TrainConfig, TrainResult, fit
+from taskrel.training.trainer import FIRST_ORDER_LR, TrainConfig, TrainResult, as_train_config, fit
 
 Probe = Callable[[MTLModel, list[Batch]], Tensor]
 """Maps the model and one step's batches (one per task) to a ``(T, T)`` matrix."""
@@ -162,14 +162,13 @@ def _train_config(
     ctx: RelateContext,
     override: TrainConfig | Mapping[str, Any] | None,
 ) -> TrainConfig:
-    """The config to train with while recording: ``override``, else ``ctx.train_config``
-    with an ``'auto'`` optimiser made first-order (Adam, mini-batches: the methods are
-    defined on stochastic training, not on the few full-batch steps of an exact
-    optimiser)."""
-    if override is None:
-        cfg = ctx.train_config
-        return cfg.model_copy(update={"optimizer": "adam"}) if cfg.optimizer == "auto" else cfg
-    return override if isinstance(override, TrainConfig) else TrainConfig(**override)
+    """The config to train with while recording: ``override``, else ``ctx.train_config``;
+    either way an ``'auto'`` optimiser is made first-order (Adam, mini-batches: the methods
+    are defined on stochastic training, not on the few full-batch steps of the exact
+    optimiser that ``'auto'`` picks for a convex model). An optimiser named explicitly is
+    kept."""
+    cfg = ctx.train_config if override is None else as_train_config(override)
+    return cfg.model_copy(update={"optimizer": "adam"}) if cfg.optimizer == "auto" else cfg
 
 
 def gradient_cosine(
