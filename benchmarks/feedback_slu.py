@@ -300,12 +300,24 @@ def paired(
     return comparisons
 
 
+# ablation contrasts (treated, control): each changes one thing of the feedback model
+CONTRASTS = (
+    ("feedback", "K=2, no convergence loss"),  # the hinge
+    ("K=2, squared convergence loss", "K=2, no convergence loss"),  # the squared loss
+    ("K=2, no convergence loss", "K=1, no convergence loss"),  # a second iteration
+    ("K=1, squared convergence loss", "K=1, no convergence loss"),
+)
+
+
 def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Feedback (every variant) vs its base, characters vs none, stack vs joint base."""
+    """Feedback (every variant) vs its base, the ablation contrasts of :data:`CONTRASTS`,
+    characters vs none, stack vs joint base."""
     out = []
     for variant in dict.fromkeys(r["variant"] for r in results):
         if variant != "base":
             out += paired(results, "variant", variant, "base")
+    for treated, control in CONTRASTS:
+        out += paired(results, "variant", treated, control)
     for chars in sorted({r["chars"] for r in results} - {0}):
         out += paired(results, "chars", chars, 0)
     out += paired(results, "base", "slu-stack", "slu")
