@@ -6,9 +6,9 @@ alone and wrapped in feedback MTL, with and without the character CNN, over pair
 (the same seed gives the same data order and, within a base, the same initial base
 weights), and reports test intent accuracy, slot F1 (seqeval span F1) and sentence
 (overall) accuracy as mean ± std, the paired per-seed differences with a paired t-test
-(feedback vs its base, characters vs none, stack vs joint), the feedback read-out (loss
-rise when an edge is removed, gate choices), seconds per epoch and the latency of
-``tag_sentence`` (what ``taskrel predict`` runs) for one utterance.
+(feedback vs its base, the ablation contrasts, characters vs none, stack vs joint), the
+feedback read-out (loss rise when an edge is removed, gate choices), seconds per epoch and
+the latency of ``tag_sentence`` (what ``taskrel predict`` runs) for one utterance.
 
 Protocol: Adam, early stopping on the dev (``val``) loss or ``--selection-metric`` (best
 dev epoch restored), never on test. Unseen test intents / slot tags (ATIS) count as errors.
